@@ -1,0 +1,119 @@
+"""Model artifacts on disk: JSON, ``.npz`` arrays and a checksum manifest.
+
+Nothing here unpickles: JSON is parsed, ``.npz`` files are read with
+``allow_pickle=False``.  Each model folder carries ``manifest.json`` with the
+sha256 of every file in it; :func:`verify_manifest` refuses a folder whose
+files were changed, truncated or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lsm.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file + rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Save named numeric arrays to ``.npz`` (no object arrays allowed)."""
+    for k, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; refusing to write a pickle")
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise ArtifactError(f"{path}: unreadable array file ({err})") from None
+
+
+def write_manifest(directory: Path, files: list[Path] | None = None) -> Path:
+    """Record the sha256 of ``files`` (default: every file in ``directory``)."""
+    directory = Path(directory)
+    if files is None:
+        files = [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    entries = {str(Path(p).relative_to(directory)): sha256_file(Path(p)) for p in files}
+    return write_json(directory / MANIFEST, {"files": entries})
+
+
+def verify_manifest(directory: Path) -> None:
+    """Raise :class:`ArtifactError` unless every file matches its recorded sha256."""
+    directory = Path(directory)
+    man = directory / MANIFEST
+    if not man.exists():
+        raise ArtifactError(f"{directory}: not a model folder ({MANIFEST} missing)")
+    entries = read_json(man).get("files", {})
+    for rel, digest in entries.items():
+        p = directory / rel
+        if not p.exists():
+            raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
+        if sha256_file(p) != digest:
+            raise ArtifactError(f"{p}: checksum differs from {MANIFEST}; the file was changed "
+                                "or truncated, refusing to load it")
