@@ -1,2 +1,272 @@
-def main(argv=None):
-    pass
+"""The ``lsm`` command line: thin wrappers around :mod:`lsm.workflows`.
+
+Heavy libraries are imported inside the commands so ``lsm --help`` is fast.
+Errors on bad input print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="lsm",
+    help=(
+        "Landslide susceptibility mapping, learned where data is rich and used where it is "
+        "scarce.\n\n"
+        "Typical use: [bold]lsm fit --source hongkong[/] pretrains four model families in a "
+        "data-rich region; [bold]lsm finetune --target my_region.yaml --shots 50[/] adapts "
+        "them to a region with few landslides and reports how much the transfer helps; "
+        "[bold]lsm demo[/] shows the whole path offline on generated regions.\n\n"
+        "Regions are YAML specs (see data_specs/) or built-in names: hongkong, ecuador, "
+        "jiangxi-yongxin, jiangxi-yushan, demo-source, demo-target."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder already holding the region files (checked against "
+                 "their sha256); same as LSM_DATA_DIR.", envvar="LSM_DATA_DIR",
+                 show_envvar=False),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models).")]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    con = Console(stderr=stderr, highlight=False)
+    if not con.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
+        con = Console(stderr=stderr, highlight=False, width=140)
+    return con
+
+
+def _set_data_dir(data_dir: Path | None) -> None:
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            raise typer.BadParameter(f"{data_dir}: no such folder", param_hint="--data-dir")
+        os.environ["LSM_DATA_DIR"] = str(data_dir)
+
+
+def _families(text: str) -> list[str]:
+    from lsm.models.base import parse_families
+
+    try:
+        return parse_families(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from None
+
+
+# ---------------------------------------------------------------------------
+# inspection
+
+
+@app.command()
+def regions() -> None:
+    """List the built-in regions and where their specs live."""
+    from rich.table import Table
+
+    from lsm.config.spec import builtin_regions, builtin_spec_dir, load_yaml
+
+    t = Table("region", "kind", "description")
+    for name in builtin_regions():
+        p = builtin_spec_dir() / f"{name}.yaml"
+        if p.exists():
+            d = load_yaml(p)
+            kind = "table" if "samples" in d else "raster"
+            t.add_row(name, kind, " ".join(str(d.get("description", "")).split())[:90])
+        else:
+            t.add_row(name, "raster", "generated offline by 'lsm demo' (synthetic)")
+    _console().print(t)
+    _console().print(f"specs: {builtin_spec_dir()}")
+
+
+@app.command()
+def stack(
+    region: Annotated[str, typer.Option("--region", "-r", help="Built-in region name or spec "
+                                        "YAML path.")],
+    data_dir: DataDir = None,
+    table_out: Annotated[Path | None, typer.Option("--table", help="Also write the training "
+                                                   "table (Parquet).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Load a region and print its aligned grid, factors, statistics and samples."""
+    _set_data_dir(data_dir)
+    from lsm.config.spec import load_region
+    from lsm.workflows.region import load_region_data
+    from lsm.workflows.report import print_region_summary
+
+    spec = load_region(region)
+    data = load_region_data(spec, progress=not quiet)
+    print_region_summary(data, _console())
+    if table_out is not None:
+        data.table.to_parquet(table_out)
+        _console().print(f"training table -> {table_out}")
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+@app.command()
+def fit(
+    source: Annotated[str, typer.Option("--source", "-s", help="Data-rich region: built-in "
+                                        "name or spec path.")] = "hongkong",
+    model: Annotated[str, typer.Option("--model", "-m", help="Families: rf,lr,xgb,mlp or "
+                                       "'all'.")] = "all",
+    out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<region>].")] = None,
+    factors: Annotated[str | None, typer.Option(help="Comma list of factors to use [default: "
+                                                "all the region has, less those it excludes "
+                                                "from transfer].")] = None,
+    norm: Annotated[str, typer.Option(help="Factor normalisation: target (each region with "
+                                      "its own statistics), source, none.")] = "target",
+    device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
+    cv: Annotated[bool, typer.Option(help="Spatial cross-validation before the final "
+                                     "fit.")] = True,
+    predict: Annotated[bool, typer.Option(help="Write susceptibility maps (raster "
+                                          "regions).")] = True,
+    explain: Annotated[bool, typer.Option(help="SHAP explanations.")] = True,
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pretrain source models in a data-rich region (with spatial cross-validation).
+
+    Writes runs/<region>/: model/<family>/ (code-free artifacts), model.json (feature
+    schema, normalisation statistics, checksums), metrics.json, the training table.
+    """
+    _set_data_dir(data_dir)
+    from lsm.workflows.fit import FitConfig, run_fit
+    from lsm.workflows.report import print_fit_metrics
+
+    cfg = FitConfig(source=source, models=_families(model), out=out, seed=seed,
+                    factors=[f.strip() for f in factors.split(",")] if factors else None,
+                    norm=norm, device=device, cv=cv, progress=not quiet)
+    metrics = run_fit(cfg)
+    print_fit_metrics(metrics, _console())
+    run_dir = Path(cfg.out or Path("runs") / metrics["region"])
+    _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
+
+
+@app.command()
+def finetune(
+    target: Annotated[str, typer.Option("--target", "-t", help="Data-scarce region: spec path "
+                                        "or built-in name.")],
+    shots: Annotated[int, typer.Option("--shots", "-k", help="K landslides (and K "
+                                       "non-landslides) from the target.")] = 50,
+    from_run: Annotated[Path, typer.Option("--from", help="Source run folder (a fit or "
+                                           "finetune run).")] = Path("runs/hongkong"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Families [default: all "
+                                              "in the source run].")] = None,
+    repeats: Annotated[int, typer.Option(help="Repeats with different shots.")] = 10,
+    norm: Annotated[str | None, typer.Option(help="target, source or none [default: the "
+                                             "source run's].")] = None,
+    prevalence: Annotated[float | None, typer.Option(help="Expected landslide share in the "
+                                                     "target; corrects the base rate of "
+                                                     "maps and metrics.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [default: "
+                                             "runs/<source>-to-<target>-k<K>].")] = None,
+    device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
+    predict: Annotated[bool, typer.Option(help="Write susceptibility maps.")] = True,
+    explain: Annotated[bool, typer.Option(help="SHAP explanations.")] = True,
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Adapt source models to a data-scarce region in two stages and measure the gain.
+
+    Stage 1 re-estimates the source model's head on the shots; stage 2 fine-tunes it
+    all, anchored at the source. Both are compared with the source model alone and a
+    model trained on the shots alone, on the same held-out target data.
+    """
+    _set_data_dir(data_dir)
+    from lsm.workflows.finetune import FinetuneConfig, run_finetune
+    from lsm.workflows.report import print_finetune_metrics
+    from lsm.workflows.runs import latest_run
+
+    src = latest_run(from_run) or from_run
+    cfg = FinetuneConfig(target=target, source_run=src, shots=shots, repeats=repeats,
+                         models=_families(model) if model else None, seed=seed, out=out,
+                         norm=norm, prevalence=prevalence, device=device, progress=not quiet)
+    metrics = run_finetune(cfg)
+    print_finetune_metrics(metrics, _console())
+    run_dir = Path(out or Path("runs") / f"{metrics['source_region']}-to-{metrics['target']}"
+                   f"-k{shots}")
+    _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
+
+
+def _after_training(run_dir: Path, *, predict: bool, explain: bool, quiet: bool) -> None:
+    try:
+        from lsm.workflows import outputs
+    except ImportError:  # maps and reports come with a later step
+        return
+    outputs.after_training(run_dir, predict=predict, explain=explain, progress=not quiet,
+                           console=_console())
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Folder for the demo regions [default: "
+                                             "the cache, or LSM_DEMO_DIR].")] = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Generate two synthetic regions offline and run the whole path on them."""
+    from lsm.workflows.demo import run_demo
+
+    run_demo(out=out, seed=seed, progress=not quiet, console=_console())
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (tests call ``main([...])``)."""
+    import click
+
+    from lsm.errors import LsmError
+
+    try:
+        app(args=argv, prog_name="lsm", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        _console(stderr=True).print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted")
+        return 130
+    except LsmError as e:
+        _console(stderr=True).print(f"[red]error:[/] {e}", soft_wrap=True)
+        return 2
+    except Exception as e:
+        from pydantic import ValidationError
+
+        if isinstance(e, ValidationError):
+            from lsm.config.spec import format_validation_error
+
+            _console(stderr=True).print(f"[red]error:[/] {format_validation_error(e, 'option')}",
+                                        soft_wrap=True)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""``lsm finetune``: adapt source models to a data-scarce target in two stages.
+
+For every repeat, K landslide and K non-landslide "shots" are drawn from the
+target's training pool; four arms are scored on the same held-out target
+test set:
+
+- ``source_only``: the source model applied zero-shot (with the run's norm);
+- ``target_only``: the same family trained from scratch on the shots;
+- ``stage1``: the source model with its head re-estimated on the shots;
+- ``stage2``: stage 1 fine-tuned as a whole, anchored at the source.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from lsm.config.spec import dump_region, load_region, parse_region
+from lsm.errors import ArtifactError, FactorMismatchError
+from lsm.evaluate.metrics import binary_metrics, summarize
+from lsm.io.artifacts import write_json
+from lsm.models.base import FAMILY_NAMES
+from lsm.sampling.shots import draw_shots, holdout_mask
+from lsm.stack.features import design_matrix
+from lsm.transfer import adapt, finetune
+from lsm.transfer.prior import prior_shift
+from lsm.workflows.fit import make_model
+from lsm.workflows.progress import progress_bar
+from lsm.workflows.region import RegionData, load_region_data
+from lsm.workflows.runs import Run, load_run, save_models, write_run_meta
+
+ARMS = ("source_only", "target_only", "stage1", "stage2")
+
+
+class FinetuneConfig(BaseModel):
+    """Options of ``lsm finetune``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="Built-in region name or path to a region spec.")
+    source_run: Path = Field(Path("runs/hongkong"), description="A fit or finetune run folder.")
+    shots: int = Field(50, ge=1, le=100_000, description="Landslides (and as many non-landslides).")
+    repeats: int = Field(10, ge=1, le=1000)
+    models: list[Literal["rf", "lr", "xgb", "mlp"]] | None = None
+    seed: int = 0
+    out: Path | None = None
+    norm: Literal["target", "source", "none"] | None = Field(
+        None, description="Default: the source run's normalisation.")
+    prevalence: float | None = Field(None, gt=0, lt=1,
+                                     description="Expected landslide share in the target.")
+    test_fraction: float = Field(0.3, gt=0.05, lt=0.9)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+
+def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
+    """Factors both regions share (same name and kind), and warnings for dropped ones.
+
+    A categorical factor is shared only when both specs map their codes to a
+    shared legend (``categories``); otherwise local codes cannot be compared.
+    """
+    src_schema = run.schema
+    src_spec = parse_region(yaml.safe_load(run.meta["spec"]), source=str(run.path / "model.json"))
+    notes: list[str] = []
+    shared: list[str] = []
+    for f in src_schema.factors:
+        if f not in target.kinds:
+            continue
+        if target.kinds[f] != src_schema.kinds[f]:
+            notes.append(f"factor {f!r} is {src_schema.kinds[f]} in the source but "
+                         f"{target.kinds[f]} in the target: dropped")
+            continue
+        if src_schema.kinds[f] == "categorical":
+            s_cat = src_spec.factors.get(f)
+            t_cat = target.spec.factors.get(f)
+            if not (s_cat and s_cat.categories and t_cat and t_cat.categories):
+                notes.append(f"categorical factor {f!r}: legends cannot be matched (map both "
+                             "specs' codes with 'categories' to a shared legend): dropped")
+                continue
+        shared.append(f)
+    return shared, notes
+
+
+def _scores(y: np.ndarray, p: np.ndarray, *, train_prev: float, prevalence: float | None,
+            pool_prev: float, imbalanced: bool) -> dict[str, float]:
+    """Metrics of one arm; prior-corrected variants where they matter.
+
+    With ``--prevalence`` the headline log-loss/Brier/accuracy are those of the
+    corrected probabilities (what the delivered map shows) and the raw ones are
+    kept as ``*_uncorrected``.  Without it, on an imbalanced test set, the
+    log-loss after a shift to the pool's landslide share (known from the
+    inventory, not from the test labels) is added as ``log_loss_prior_corrected``.
+    """
+    m = binary_metrics(y, p)
+    if prevalence is not None:
+        corrected = binary_metrics(y, prior_shift(p, train_prev, prevalence))
+        m["log_loss_uncorrected"] = m["log_loss"]
+        m["brier_uncorrected"] = m["brier"]
+        m.update({k: corrected[k] for k in ("log_loss", "brier", "accuracy")})
+    elif imbalanced:
+        m["log_loss_prior_corrected"] = binary_metrics(
+            y, prior_shift(p, train_prev, pool_prev))["log_loss"]
+    return m
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run the four-arm comparison and write fine-tuned models; return the metrics."""
+    run = load_run(cfg.source_run, families=list(cfg.models) if cfg.models else None)
+    families = list(cfg.models or run.models)
+    norm = cfg.norm or run.norm
+    tspec = load_region(cfg.target)
+    target = load_region_data(tspec, progress=cfg.progress)
+
+    factors, notes = shared_factors(run, target)
+    if not factors:
+        raise FactorMismatchError(
+            f"{tspec.source_file or tspec.name}: no factor in common with the source run "
+            f"{run.path} (source: {', '.join(run.schema.factors)}; target: "
+            f"{', '.join(target.kinds)})")
+    for n in notes:
+        warnings.warn(n, UserWarning, stacklevel=2)
+    models = run.models
+    retrained = False
+    if factors != run.schema.factors:
+        if run.meta.get("kind") != "fit":
+            raise ArtifactError(
+                f"{run.path}: this {run.meta.get('kind')} run uses factors {run.schema.factors} "
+                f"but the target shares only {factors}; re-pretraining is possible from a fit "
+                "run only (use 'lsm fit --factors ...')")
+        models = _repretrain(run, factors, families, norm=norm, seed=cfg.seed,
+                             device=cfg.device, progress=cfg.progress)
+        retrained = True
+        notes.append(f"source models re-pretrained on the {len(factors)} shared factors "
+                     f"(the source run used {len(run.schema.factors)})")
+
+    schema = run.schema.restrict(factors)
+    # categories unseen in the source are "unknown" for the target: keep the source list
+    table = target.table
+    test, split = holdout_mask(table, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if split == "random":
+        notes.append("target has no coordinates: the test set is a random (stratified) hold-out")
+    Xt = design_matrix(table, schema, norm=norm, region_stats=target.stats,
+                       source_stats=run.meta.get("stats"))
+    y = table["label"].to_numpy()
+    X_test, y_test = Xt[test], y[test]
+    pool = np.flatnonzero(~test)
+    pool_prev = float(y[pool].mean())
+    test_prev = float(y_test.mean())
+    src_prev = float(run.meta.get("training_prevalence", 0.5))
+
+    per_repeat: dict[str, dict[str, list[dict[str, float]]]] = {
+        f: {a: [] for a in ARMS} for f in families}
+    timings: dict[str, list[float]] = {f: [] for f in families}
+    delivered: dict[str, Any] = {}
+    out = Path(cfg.out or Path("runs") / f"{run.region}-to-{tspec.name}-k{cfg.shots}")
+    imbalanced = abs(test_prev - 0.5) > 0.1
+
+    with progress_bar(f"fine-tuning on {cfg.shots} shots", cfg.repeats * len(families),
+                      enabled=cfg.progress) as bar:
+        for r in range(cfg.repeats):
+            shots = pool[draw_shots(y[pool], cfg.shots, seed=cfg.seed + r)]
+            Xs, ys = Xt.iloc[shots], y[shots]
+            for fam in families:
+                bar.describe(f"repeat {r + 1}/{cfg.repeats}: {fam}")
+                src = models[fam]
+                t0 = time.perf_counter()
+                arms = {
+                    "source_only": (src, src_prev),
+                    "target_only": (make_model(fam, seed=cfg.seed + r, device=cfg.device)
+                                    .fit(Xs, ys), 0.5),
+                }
+                s1 = adapt(src, Xs, ys, random_state=cfg.seed + r)
+                s2 = finetune(s1, Xs, ys, source=src, random_state=cfg.seed + r)
+                timings[fam].append(time.perf_counter() - t0)
+                arms["stage1"] = (s1, 0.5)
+                arms["stage2"] = (s2, 0.5)
+                for arm, (model, train_prev) in arms.items():
+                    p = model.predict_proba(X_test)[:, 1]
+                    m = _scores(y_test, p, train_prev=train_prev, prevalence=cfg.prevalence,
+                                pool_prev=pool_prev, imbalanced=imbalanced)
+                    per_repeat[fam][arm].append(m)
+                if r == 0:
+                    delivered[fam] = s2
+                bar.advance()
+
+    metrics: dict[str, Any] = {
+        "source_run": str(run.path), "source_region": run.region, "target": tspec.name,
+        "shots": cfg.shots, "repeats": cfg.repeats, "test_size": int(test.sum()),
+        "test_landslides": int(y_test.sum()), "pool_size": int(pool.size),
+        "split": split, "factors": factors, "norm": norm, "prevalence": cfg.prevalence,
+        "test_prevalence": test_prev, "pool_prevalence": pool_prev,
+        "source_retrained": retrained, "notes": notes,
+        "models": {f: {a: summarize(per_repeat[f][a]) for a in ARMS} for f in families},
+        "repeats_detail": {f: {a: per_repeat[f][a] for a in ARMS} for f in families},
+        "seconds_per_repeat": {f: float(np.mean(timings[f])) for f in families},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_models(out, delivered)
+    first = pool[draw_shots(y[pool], cfg.shots, seed=cfg.seed)]
+    shots_table = table.iloc[first].copy()
+    shots_table.to_parquet(out / "training_table.parquet")
+    write_json(out / "metrics.json", metrics)
+    write_run_meta(out, {
+        "kind": "finetune", "region": tspec.name,
+        "chain": list(run.meta.get("chain", [run.region])) + [tspec.name],
+        "families": families, "schema": schema.to_dict(), "norm": norm,
+        "stats": target.stats, "source_stats": run.meta.get("stats"),
+        "training_prevalence": 0.5, "prevalence": cfg.prevalence, "seed": cfg.seed,
+        "shots": cfg.shots, "split": split, "notes": notes + target.notes,
+        "checksums": target.checksums, "source_run": str(run.path),
+        "spec": dump_region(tspec), "spec_file": str(tspec.source_file or tspec.name),
+    })
+    return metrics
+
+
+def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str, seed: int,
+                device: str, progress: bool) -> dict[str, Any]:
+    """Re-train the source families on ``factors`` from the run's training table."""
+    table = run.training_table()
+    schema = run.schema.restrict(factors)
+    X = design_matrix(table, schema, norm=norm, region_stats=run.stats, source_stats=run.stats)
+    y = table["label"].to_numpy()
+    out = {}
+    with progress_bar("re-pretraining source on shared factors", len(families),
+                      enabled=progress) as bar:
+        for fam in families:
+            out[fam] = make_model(fam, seed=seed, device=device).fit(X, y)
+            bar.advance()
+    return out

@@ -1,0 +1,225 @@
+"""Load a region: its stack (raster regions), statistics and training table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lsm.config.spec import LabelFile, RegionSpec
+from lsm.errors import DataError, SamplingError, SpecError
+from lsm.io.fetch import resolve_file
+from lsm.io.readers import parse_labels, read_table, require_columns
+from lsm.sampling.folds import random_folds, spatial_folds
+from lsm.stack.clean import category_names, clean_values
+
+
+@dataclass
+class RegionData:
+    """Everything a workflow needs about one region."""
+
+    spec: RegionSpec
+    table: pd.DataFrame  # x, y, factors..., label, fold
+    stats: dict[str, Any]
+    kinds: dict[str, str]
+    stack: xr.Dataset | None = None
+    split: str = "spatial"
+    notes: list[str] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.kinds)
+
+
+def _where(spec: RegionSpec, key: str) -> str:
+    return f"{spec.source_file or spec.name}: {key}"
+
+
+def _file(spec: RegionSpec, ref: Any, key: str, checksums: dict[str, str], progress: bool):
+    from lsm.io.artifacts import sha256_file
+
+    p = resolve_file(ref, base_dir=spec.base_dir, where=_where(spec, key), progress=progress)
+    checksums[key] = ref.sha256 or sha256_file(p)
+    return p
+
+
+def load_region_data(spec: RegionSpec, *, progress: bool = True,
+                     factors: list[str] | None = None) -> RegionData:
+    """Build the training table (and lazy stack) of ``spec``.
+
+    ``factors`` restricts the factors used (default: all the region has).
+    """
+    kinds = {f: spec.kind_of(f) for f in spec.factor_names}
+    if factors is not None:
+        unknown = [f for f in factors if f not in kinds]
+        if unknown:
+            raise SpecError(f"{_where(spec, 'factors')}: region has no factor(s) {unknown} "
+                            f"(it has: {', '.join(kinds)})")
+        kinds = {f: kinds[f] for f in factors}
+    if spec.is_table:
+        return _table_region(spec, kinds, progress)
+    return _raster_region(spec, kinds, progress)
+
+
+def _finish(spec: RegionSpec, table: pd.DataFrame, has_xy: bool, notes: list[str]
+            ) -> tuple[pd.DataFrame, str]:
+    fs = spec.folds
+    if has_xy:
+        table["fold"] = spatial_folds(table["x"].to_numpy(), table["y"].to_numpy(),
+                                      n_folds=fs.n_folds, block_size=fs.block_size, seed=fs.seed)
+        return table, "spatial"
+    notes.append("no coordinates: folds and hold-outs are random, not spatial")
+    table["fold"] = random_folds(len(table), n_folds=fs.n_folds, seed=fs.seed)
+    return table, "random"
+
+
+def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> RegionData:
+    from lsm.stack.stats import table_statistics
+
+    s = spec.samples
+    assert s is not None
+    checksums: dict[str, str] = {}
+    notes: list[str] = []
+    where = _where(spec, "samples.path")
+    raw = read_table(_file(spec, s.path, "samples.path", checksums, progress), layer=s.layer,
+                     where=where)
+    cols = [spec.factors[f].column for f in kinds if f in spec.factors]
+    require_columns(raw, [c for c in cols if c], where=where)
+    if isinstance(s.label, LabelFile):
+        lw = _where(spec, "samples.label.path")
+        lab = read_table(_file(spec, s.label.path, "samples.label.path", checksums, progress),
+                         where=lw)
+        require_columns(lab, [s.label.column], where=lw)
+        if len(lab) != len(raw):
+            raise DataError(f"{lw}: {len(lab)} rows, but the samples table has {len(raw)}; "
+                            "labels are joined row by row")
+        labels = parse_labels(lab[s.label.column], where=f"{lw} column {s.label.column!r}")
+    else:
+        require_columns(raw, [s.label], where=_where(spec, "samples.label"))
+        labels = parse_labels(raw[s.label], where=f"{where} column {s.label!r}")
+    table = pd.DataFrame(index=pd.RangeIndex(len(raw)))
+    has_xy = s.x is not None and s.y is not None
+    if has_xy:
+        require_columns(raw, [s.x, s.y], where=where)
+        table["x"] = pd.to_numeric(raw[s.x], errors="coerce").to_numpy("float64")
+        table["y"] = pd.to_numeric(raw[s.y], errors="coerce").to_numpy("float64")
+    for f in kinds:
+        src = spec.factors[f]
+        col = raw[src.column]
+        if kinds[f] == "categorical":
+            if pd.api.types.is_numeric_dtype(col):
+                col = clean_values(col, src)
+            table[f] = category_names(col, src)
+        else:
+            num = pd.to_numeric(col, errors="coerce")
+            table[f] = clean_values(num, src)
+    table["label"] = labels
+    table, split = _finish(spec, table, has_xy, notes)
+    stats = table_statistics(table, kinds)
+    table.attrs["crs"] = s.crs
+    return RegionData(spec, table, stats, kinds, None, split, notes, checksums)
+
+
+def _inventory(spec: RegionSpec, crs: Any, checksums: dict[str, str], progress: bool):
+    import geopandas as gpd
+
+    inv = spec.inventory
+    assert inv is not None
+    where = _where(spec, "inventory.path")
+    path = _file(spec, inv.path, "inventory.path", checksums, progress)
+    df = read_table(path, layer=inv.layer, where=where)
+    if not isinstance(df, gpd.GeoDataFrame):
+        if inv.x is None or inv.y is None:
+            raise SpecError(f"{where}: {path.name} is a plain table; give inventory.x and "
+                            "inventory.y (and inventory.crs)")
+        require_columns(df, [inv.x, inv.y], where=where)
+        df = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df[inv.x], df[inv.y]),
+                              crs=inv.crs or crs)
+    elif inv.crs is not None:
+        df = df.set_crs(inv.crs, allow_override=True)
+    if df.crs is None:
+        raise SpecError(f"{where}: {path.name} has no CRS; set inventory.crs")
+    df = df[df.geometry.notna() & ~df.geometry.is_empty].to_crs(crs)
+    if len(df) == 0:
+        raise DataError(f"{where}: {path.name} holds no landslide geometries")
+    return df
+
+
+def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> RegionData:
+    from lsm.sampling.points import (
+        extract_values, pixel_index, polygon_pixels, sample_absences,
+    )
+    from lsm.stack.build import build_stack, stack_grid, valid_mask
+    from lsm.stack.stats import stack_statistics
+
+    checksums: dict[str, str] = {}
+    notes: list[str] = []
+    ds = build_stack(spec, progress=progress)
+    for key, ref in spec.file_refs().items():
+        if key.startswith("factors."):
+            checksums[key] = ref.sha256 or ""
+    ds = ds[list(kinds)]
+    grid = stack_grid(ds)
+    inv = _inventory(spec, grid.crs, checksums, progress)
+    t, w, h = grid.transform, grid.width, grid.height
+    valid = valid_mask(ds).compute().to_numpy()
+
+    label_col = spec.inventory.label if spec.inventory else None
+    labels_given = None
+    if label_col is not None:
+        require_columns(inv, [label_col], where=_where(spec, "inventory.label"))
+        labels_given = parse_labels(inv[label_col], where=_where(spec, "inventory.label"))
+    geom_types = set(inv.geom_type.unique())
+    if geom_types <= {"Point"}:
+        rows, cols, inside = pixel_index(t, inv.geometry.x.to_numpy(), inv.geometry.y.to_numpy(),
+                                         w, h)
+        lab = labels_given if labels_given is not None else np.ones(len(inv), dtype="int8")
+        rows, cols, lab = rows[inside], cols[inside], lab[inside]
+        if (~inside).any():
+            notes.append(f"{int((~inside).sum())} inventory points lie outside the grid, skipped")
+    elif spec.inventory is not None and spec.inventory.polygons == "all_pixels":
+        if labels_given is not None:
+            raise SpecError(f"{_where(spec, 'inventory.polygons')}: 'all_pixels' with a label "
+                            "column is not supported; use centroid")
+        rows, cols = polygon_pixels(list(inv.geometry), t, w, h)
+        lab = np.ones(rows.size, dtype="int8")
+    else:
+        cent = inv.geometry.centroid
+        rows, cols, inside = pixel_index(t, cent.x.to_numpy(), cent.y.to_numpy(), w, h)
+        lab = labels_given if labels_given is not None else np.ones(len(inv), dtype="int8")
+        rows, cols, lab = rows[inside], cols[inside], lab[inside]
+    ok = valid[rows, cols]
+    if (~ok).any():
+        notes.append(f"{int((~ok).sum())} inventory points fall on pixels with missing factors, "
+                     "skipped")
+    rows, cols, lab = rows[ok], cols[ok], lab[ok]
+    if (lab == 1).sum() == 0:
+        raise SamplingError(f"{_where(spec, 'inventory')}: no landslide falls on a valid pixel")
+    if labels_given is None:
+        a = spec.absences
+        n_abs = a.count or int(round(a.ratio * int((lab == 1).sum())))
+        ar, ac = sample_absences(valid, t, list(inv.geometry), n=n_abs,
+                                 min_distance=a.min_distance, seed=a.seed, exclude=(rows, cols))
+        rows = np.concatenate([rows, ar])
+        cols = np.concatenate([cols, ac])
+        lab = np.concatenate([lab, np.zeros(ar.size, dtype="int8")])
+    else:
+        notes.append("inventory carries its own labels: used as given, no absences drawn")
+    values = extract_values(ds, rows, cols, list(kinds))
+    table = pd.DataFrame({"x": t.c + t.a * (cols + 0.5), "y": t.f + t.e * (rows + 0.5),
+                          "row": rows, "col": cols})
+    for f in kinds:
+        v = values[f].to_numpy()
+        table[f] = category_names(v, spec.factors.get(f)) if kinds[f] == "categorical" else v
+    table["label"] = lab
+    table, split = _finish(spec, table, True, notes)
+    stats = stack_statistics(
+        ds, kinds,
+        category_names=lambda f, codes: list(category_names(np.asarray(codes),
+                                                            spec.factors.get(f))))
+    table.attrs["crs"] = grid.crs.to_string()
+    return RegionData(spec, table, stats, kinds, ds, split, notes, checksums)

@@ -1,0 +1,106 @@
+"""Printed summaries (rich tables) of regions, fits and fine-tunes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lsm.workflows.region import RegionData
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 1e4 or (abs(v) < 1e-3 and v != 0):
+            return f"{v:.3g}"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def print_region_summary(data: RegionData, console: Any) -> None:
+    """Grid, factors with statistics, and sample counts of a region."""
+    from rich.table import Table
+
+    spec = data.spec
+    console.print(f"[bold]{spec.name}[/]  ({'table' if spec.is_table else 'raster'} region"
+                  f"{', ' + str(spec.source_file) if spec.source_file else ''})")
+    if data.stack is not None:
+        from lsm.stack.build import stack_grid
+
+        ds = data.stack
+        chunks = ds[next(iter(ds.data_vars))].data.chunksize
+        console.print(f"grid: {stack_grid(ds).describe()}; dask chunks {chunks}")
+    t = Table("factor", "kind", "count", "mean", "std", "min", "median", "max", "categories",
+              title="factors (statistics over the whole " +
+              ("table" if spec.is_table else "stack") + ")")
+    for f, kind in data.kinds.items():
+        s = data.stats["factors"].get(f, {})
+        if kind == "categorical":
+            freq = s.get("frequencies", {})
+            cats = ", ".join(f"{k} {v:.0%}" for k, v in list(freq.items())[:6])
+            t.add_row(f, kind, str(s.get("count", 0)), "", "", "", "", "", cats)
+        elif kind == "circular":
+            t.add_row(f, kind, str(s.get("count", 0)), "", "", "", "", "",
+                      f"flat/missing {s.get('flat_share', 0):.1%}")
+        else:
+            q = s.get("quantiles", {})
+            t.add_row(f, kind, str(s.get("count", 0)), _fmt(s.get("mean")), _fmt(s.get("std")),
+                      _fmt(s.get("min")), _fmt(q.get("q50")), _fmt(s.get("max")), "")
+    console.print(t)
+    tab = data.table
+    n1 = int((tab["label"] == 1).sum())
+    console.print(f"samples: {len(tab)} points: {n1} landslides, {len(tab) - n1} "
+                  f"non-landslides; {tab['fold'].nunique()} {data.split} folds "
+                  f"(sizes {', '.join(str(v) for v in tab['fold'].value_counts().sort_index())})")
+    for n in data.notes:
+        console.print(f"note: {n}")
+
+
+def print_fit_metrics(metrics: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    cv = metrics.get("cv", {})
+    if not cv:
+        console.print("cross-validation skipped")
+        return
+    t = Table("model", "AUC", "log-loss", "Brier", "accuracy",
+              title=f"{metrics['region']}: {metrics['n_folds']}-fold {metrics['split']} "
+              f"cross-validation, {metrics['n']} points (mean ± std)")
+    for fam, r in cv.items():
+        s = r["summary"]
+        t.add_row(fam, *(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                         for k in ("auc", "log_loss", "brier", "accuracy")))
+    console.print(t)
+
+
+def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    extra = "log_loss_prior_corrected" if any(
+        "log_loss_prior_corrected" in a["stage2"] for a in metrics["models"].values()) else None
+    cols = ["model", "arm", "AUC", "log-loss"] + (["log-loss (prior-corr.)"] if extra else []) \
+        + ["Brier", "accuracy"]
+    t = Table(*cols, title=(
+        f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} shots, "
+        f"{metrics['repeats']} repeats, test {metrics['test_size']} points "
+        f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)"))
+    for fam, arms in metrics["models"].items():
+        best_auc = max(arms, key=lambda a: arms[a]["auc"]["mean"])
+        best_ll = min(arms, key=lambda a: arms[a]["log_loss"]["mean"])
+        for arm, s in arms.items():
+            def cell(k: str, best: str | None = None, s: dict = s, arm: str = arm) -> str:
+                txt = f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                return f"[bold green]{txt}[/]" if best == arm else txt
+            row = [fam if arm == "source_only" else "", arm, cell("auc", best_auc),
+                   cell("log_loss", best_ll)]
+            if extra:
+                row.append(cell(extra))
+            row += [cell("brier"), cell("accuracy")]
+            t.add_row(*row, end_section=arm == "stage2")
+    console.print(t)
+    for n in metrics.get("notes", []):
+        console.print(f"note: {n}")
+    secs = ", ".join(f"{f} {v:.2f}s" for f, v in metrics.get("seconds_per_repeat", {}).items())
+    console.print(f"time per repeat (target_only + stage 1 + stage 2): {secs}")
