@@ -71,7 +71,7 @@ def write_probability_cog(
         ``False`` returns a :class:`dask.delayed.Delayed` that does the whole
         write (prediction, COG layout, rename) when computed.
     blocksize
-        Internal tile size in pixels (a multiple of 16; 256 or 512).
+        Internal tile size in pixels (a multiple of 16 in 128..4096; 256 or 512).
     compress
         GDAL compression (``deflate``, ``zstd``, ``lzw``); a floating-point
         predictor is always used.
@@ -206,8 +206,8 @@ class _RasterJob:
         colormap: dict[int, tuple[int, int, int, int]] | None = None,
         sidecars: dict[Path, str] | None = None,
     ):
-        if blocksize % 16 or blocksize <= 0:
-            raise ValueError(f"blocksize must be a positive multiple of 16, got {blocksize}")
+        if blocksize % 16 or not 128 <= blocksize <= 4096:
+            raise ValueError(f"blocksize must be a multiple of 16 in 128..4096, got {blocksize}")
         if overview_count is not None and overview_count < 0:
             raise ValueError(f"overview_count must be >= 0, got {overview_count}")
         self.da = _as_2d(da)
@@ -254,8 +254,10 @@ class _RasterJob:
             sidecars = [(dst, _write_temp_text(folder, dst.name, text, temps))
                         for dst, text in self.sidecars.items()]
             for dst, tmp in sidecars:
+                _chmod_default(tmp)
                 os.replace(tmp, dst)
                 placed.append(dst)
+            _chmod_default(final)
             os.replace(final, self.path)
         except BaseException:
             # Sidecars already moved into place describe a file that never came.
@@ -355,6 +357,20 @@ def _write_temp_text(folder: Path, name: str, text: str, temps: list[Path]) -> P
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     return Path(tmp)
+
+
+def _chmod_default(path: Path) -> None:
+    """Give a temp file the permissions a plain ``open()`` would (mkstemp uses 0600)."""
+    # Read the umask rather than set it: os.umask() is process-wide and racy.
+    mask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _remove(path: Path) -> None:

@@ -145,8 +145,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     test, split = holdout_mask(table, test_fraction=cfg.test_fraction, seed=cfg.seed)
     if split == "random":
         notes.append("target has no coordinates: the test set is a random (stratified) hold-out")
+    # "source" normalisation is anchored at the first region of a chain
+    source_stats = run.meta.get("source_stats") or run.stats
     Xt = design_matrix(table, schema, norm=norm, region_stats=target.stats,
-                       source_stats=run.meta.get("stats"))
+                       source_stats=source_stats)
     y = table["label"].to_numpy()
     X_test, y_test = Xt[test], y[test]
     pool = np.flatnonzero(~test)
@@ -210,7 +212,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "kind": "finetune", "region": tspec.name,
         "chain": list(run.meta.get("chain", [run.region])) + [tspec.name],
         "families": families, "schema": schema.to_dict(), "norm": norm,
-        "stats": target.stats, "source_stats": run.meta.get("stats"),
+        "stats": target.stats, "source_stats": source_stats,
         "training_prevalence": 0.5, "prevalence": cfg.prevalence, "seed": cfg.seed,
         "shots": cfg.shots, "split": split, "notes": notes + target.notes,
         "checksums": target.checksums, "source_run": str(run.path),
