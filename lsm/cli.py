@@ -37,6 +37,15 @@ DataDir = Annotated[
                  "their sha256); same as LSM_DATA_DIR.", envvar="LSM_DATA_DIR",
                  show_envvar=False),
 ]
+_ARGV: list[str] = []
+
+
+def _command() -> str:
+    import shlex
+
+    return "lsm " + shlex.join(_ARGV)
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models).")]
 
@@ -150,7 +159,8 @@ def fit(
 
     cfg = FitConfig(source=source, models=_families(model), out=out, seed=seed,
                     factors=[f.strip() for f in factors.split(",")] if factors else None,
-                    norm=norm, device=device, cv=cv, progress=not quiet)
+                    norm=norm, device=device, cv=cv, progress=not quiet,
+                    command=_command())
     metrics = run_fit(cfg)
     print_fit_metrics(metrics, _console())
     run_dir = Path(cfg.out or Path("runs") / metrics["region"])
@@ -196,7 +206,8 @@ def finetune(
     src = latest_run(from_run) or from_run
     cfg = FinetuneConfig(target=target, source_run=src, shots=shots, repeats=repeats,
                          models=_families(model) if model else None, seed=seed, out=out,
-                         norm=norm, prevalence=prevalence, device=device, progress=not quiet)
+                         norm=norm, prevalence=prevalence, device=device, progress=not quiet,
+                         command=_command())
     metrics = run_finetune(cfg)
     print_finetune_metrics(metrics, _console())
     run_dir = Path(out or Path("runs") / f"{metrics['source_region']}-to-{metrics['target']}"
@@ -205,12 +216,82 @@ def finetune(
 
 
 def _after_training(run_dir: Path, *, predict: bool, explain: bool, quiet: bool) -> None:
-    try:
-        from lsm.workflows import outputs
-    except ImportError:  # maps and reports come with a later step
-        return
+    from lsm.workflows import outputs
+
     outputs.after_training(run_dir, predict=predict, explain=explain, progress=not quiet,
                            console=_console())
+
+
+# ---------------------------------------------------------------------------
+# maps and explanations
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Option("--run", help="A fit or finetune run folder.")],
+    region: Annotated[str | None, typer.Option("--region", "-r", help="Raster region to map "
+                                               "[default: the run's region].")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="One family [default: "
+                                              "the run's best by AUC].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: <run>/maps].")] = None,
+    thresholds: Annotated[str | None, typer.Option(help="Four increasing zone thresholds, e.g. "
+                                                   "0.2,0.4,0.6,0.8 [default: quantiles "
+                                                   "20/40/60/80%].")] = None,
+    prevalence: Annotated[float | None, typer.Option(help="Expected landslide share; shifts "
+                                                     "the map's base rate.")] = None,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Write a susceptibility map: probability COG, classed zones GeoTIFF, PNG quick-looks.
+
+    Prediction runs block by block over the lazy factor stack; pixels with any missing
+    factor stay nodata. Zones: very low, low, moderate, high, very high.
+    """
+    _set_data_dir(data_dir)
+    from rich.table import Table
+
+    from lsm.workflows.predict import predict_maps
+    from lsm.workflows.runs import load_run
+
+    cuts = None
+    if thresholds:
+        try:
+            cuts = [float(t) for t in thresholds.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"{thresholds!r} is not a comma list of numbers",
+                                     param_hint="--thresholds") from None
+    res = predict_maps(load_run(run), region=region, family=model, out=out, thresholds=cuts,
+                       prevalence=prevalence, progress=not quiet)
+    con = _console()
+    t = Table("zone", "area", "landslides", "density ratio",
+              title=f"{res['region']} ({res['family']}): landslide density per zone")
+    for z in res["zone_statistics"]:
+        t.add_row(z["name"], f"{z['area_share']:.1%}", f"{z['landslide_share']:.1%}",
+                  f"{z['density_ratio']:.2f}")
+    con.print(t)
+    for k in ("probability", "zones", "probability_png", "zones_png"):
+        con.print(f"{k}: {res[k]}")
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Option("--run", help="A fit or finetune run folder.")],
+    quiet: Quiet = False,
+) -> None:
+    """SHAP explanations of a run's models (importance bars and beeswarms).
+
+    For a fine-tuned run it also shows factor importance in the source model next to
+    the fine-tuned one: what the transfer changed.
+    """
+    from lsm.workflows.outputs import explain_run
+    from lsm.workflows.runs import load_run
+
+    res = explain_run(load_run(run))
+    con = _console()
+    for fam, e in res.items():
+        top = sorted(e["importance"].items(), key=lambda kv: -kv[1])[:5]
+        con.print(f"{fam}: " + ", ".join(f"{k} {v:.3f}" for k, v in top))
+    con.print(f"figures -> {run / 'figures'}/")
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lsm.errors import LsmError
 
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="lsm", standalone_mode=False)
     except click.exceptions.Exit as e:

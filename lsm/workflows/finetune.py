@@ -57,6 +57,7 @@ class FinetuneConfig(BaseModel):
     test_fraction: float = Field(0.3, gt=0.05, lt=0.9)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+    command: str | None = Field(None, description="Command line that reproduces the run.")
 
 
 def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
@@ -209,7 +210,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     shots_table.to_parquet(out / "training_table.parquet")
     write_json(out / "metrics.json", metrics)
     write_run_meta(out, {
-        "kind": "finetune", "region": tspec.name,
+        "command": cfg.command, "kind": "finetune", "region": tspec.name,
         "chain": list(run.meta.get("chain", [run.region])) + [tspec.name],
         "families": families, "schema": schema.to_dict(), "norm": norm,
         "stats": target.stats, "source_stats": source_stats,

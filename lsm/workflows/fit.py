@@ -32,6 +32,7 @@ class FitConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cv: bool = Field(True, description="Run spatial cross-validation before the final fit.")
     progress: bool = True
+    command: str | None = Field(None, description="Command line that reproduces the run.")
 
 
 def model_params(family: str, *, seed: int, device: str = "auto") -> dict[str, Any]:
@@ -105,7 +106,8 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     data.table.to_parquet(out / "training_table.parquet")
     write_json(out / "metrics.json", metrics)
     write_run_meta(out, {
-        "kind": "fit", "region": spec.name, "chain": [spec.name], "families": list(cfg.models),
+        "command": cfg.command, "kind": "fit", "region": spec.name, "chain": [spec.name],
+        "families": list(cfg.models),
         "schema": schema.to_dict(), "norm": cfg.norm, "stats": data.stats,
         "source_stats": data.stats, "training_prevalence": float(y.mean()), "seed": cfg.seed,
         "split": data.split, "notes": data.notes, "checksums": data.checksums,

@@ -1,0 +1,121 @@
+"""What a run delivers after training: maps, figures, SHAP explanations, report.
+
+``after_training(run_dir)`` is called at the end of ``fit`` and ``finetune``
+(and by ``lsm demo``); ``lsm predict`` and ``lsm explain`` call its parts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lsm.io.artifacts import read_json, write_json
+from lsm.stack.features import design_matrix
+from lsm.workflows.runs import Run, load_run
+
+
+def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
+                   progress: bool = True, console: Any = None) -> dict[str, Any]:
+    """Write maps (raster regions), evaluation figures, SHAP and ``report.md``."""
+    run = load_run(run_dir)
+    say = console.print if console is not None else (lambda *a, **k: None)
+    outputs: dict[str, Any] = {"maps": [], "figures": {}, "explain": {}}
+    outputs["figures"] = evaluation_figures(run)
+    from lsm.workflows.predict import _run_spec
+
+    spec = _run_spec(run)
+    if predict and not spec.is_table:
+        from lsm.workflows.predict import predict_maps
+
+        maps = predict_maps(run, progress=progress)
+        outputs["maps"].append(maps)
+        say(f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
+            "zones GeoTIFF, PNG quick-looks)")
+    elif predict:
+        say(f"{spec.name} is a table region: no maps (tables have no grid)")
+    if explain:
+        outputs["explain"] = explain_run(run)
+        say(f"SHAP explanations -> {run.path / 'figures'}/")
+    write_json(run.path / "outputs.json", outputs)
+    from lsm.workflows.report_md import write_report
+
+    report = write_report(run, outputs)
+    say(f"report -> {report}")
+    return outputs
+
+
+def _table_and_matrix(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = run.training_table()
+    X = design_matrix(table, run.schema, norm=run.norm, region_stats=run.stats,
+                      source_stats=run.meta.get("source_stats") or run.stats, warn_unknown=False)
+    return table, X
+
+
+def evaluation_figures(run: Run) -> dict[str, str]:
+    """ROC, success/prediction-rate and reliability figures (fit) or the arms (finetune)."""
+    from lsm.evaluate import figures as fig
+
+    figdir = run.path / "figures"
+    figdir.mkdir(exist_ok=True)
+    metrics = read_json(run.path / "metrics.json")
+    out: dict[str, str] = {}
+    if run.meta["kind"] == "finetune":
+        p = fig.plot_arms(metrics, figdir / "arms.png",
+                          f"{metrics['source_region']} -> {metrics['target']}, "
+                          f"K = {metrics['shots']} ({metrics['repeats']} repeats)")
+        out["arms"] = str(p)
+        return out
+    table = run.training_table()
+    y = table["label"].to_numpy()
+    curves = {f: (y, table[f"oof_{f}"].to_numpy()) for f in run.models
+              if f"oof_{f}" in table and np.isfinite(table[f"oof_{f}"]).all()}
+    if curves:
+        out["roc"] = str(fig.plot_roc(curves, figdir / "roc.png",
+                                      f"{run.region}: spatial cross-validation ROC"))
+        out["reliability"] = str(fig.plot_reliability(
+            curves, figdir / "reliability.png", f"{run.region}: calibration (out-of-fold)"))
+    return out
+
+
+def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0) -> dict[str, Any]:
+    """SHAP per family: importance bar, beeswarm, and for fine-tuned runs the shift."""
+    from lsm.explain.plots import plot_beeswarm, plot_importance_bar, plot_importance_shift
+    from lsm.explain.shap_values import explain_model, factor_importance
+
+    figdir = run.path / "figures"
+    figdir.mkdir(exist_ok=True)
+    table, X = _table_and_matrix(run)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(X), size=min(n_explain, len(X)), replace=False)
+    Xe = X.iloc[idx]
+    source = None
+    if run.meta["kind"] == "finetune" and run.meta.get("source_run"):
+        try:
+            source = load_run(Path(run.meta["source_run"]))
+        except Exception as err:  # the source run may have been moved
+            warnings.warn(f"source run {run.meta['source_run']} not readable ({err}); "
+                          "no importance comparison", UserWarning, stacklevel=2)
+    out: dict[str, Any] = {}
+    for fam, model in run.models.items():
+        res = explain_model(model, X, Xe, seed=seed)
+        imp = factor_importance(res)
+        entry = {"importance": {k: float(v) for k, v in imp.items()},
+                 "bar": str(plot_importance_bar(imp, figdir / f"shap_importance_{fam}.png",
+                                                f"{run.region}: factor importance ({fam})")),
+                 "beeswarm": str(plot_beeswarm(res, figdir / f"shap_beeswarm_{fam}.png",
+                                               f"{run.region}: SHAP values ({fam})"))}
+        if source is not None and fam in source.models:
+            src_model = source.models[fam]
+            if list(getattr(src_model, "feature_names_in_", [])) == list(X.columns):
+                src_imp = factor_importance(explain_model(src_model, X, Xe, seed=seed))
+                entry["source_importance"] = {k: float(v) for k, v in src_imp.items()}
+                entry["shift"] = str(plot_importance_shift(
+                    src_imp, imp, figdir / f"shap_shift_{fam}.png",
+                    f"{fam}: what the transfer changed ({source.region} -> {run.region})"))
+        out[fam] = entry
+    write_json(run.path / "shap.json", out)
+    return out

@@ -1,0 +1,153 @@
+"""``report.md`` (and ``report.html``): a run explained top to bottom for a planner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lsm.io.artifacts import atomic_write_bytes, read_json
+from lsm.workflows.runs import Run
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    return os.path.relpath(Path(path), base)
+
+
+def _m(s: dict[str, float]) -> str:
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def write_report(run: Run, outputs: dict[str, Any]) -> Path:
+    """Write ``report.md`` and ``report.html`` into the run folder; return the md path."""
+    meta = run.meta
+    metrics = read_json(run.path / "metrics.json")
+    base = run.path
+    L: list[str] = []
+    kind = meta["kind"]
+    chain = " -> ".join(meta.get("chain", [run.region]))
+    L.append(f"# Landslide susceptibility: {run.region}")
+    L.append("")
+    L.append(f"*{'Source models pretrained' if kind == 'fit' else 'Models transferred'} "
+             f"({chain}), created {meta['created']} with lsm {meta['versions'].get('lsm', '?')}.*")
+    L.append("")
+    L.append("## Data")
+    L.append("")
+    if kind == "fit":
+        L.append(f"- Region `{run.region}` (spec `{meta.get('spec_file')}`): {metrics['n']} "
+                 f"sample points, {metrics['n_landslides']} landslides.")
+        L.append(f"- Validation: {metrics['n_folds']}-fold {metrics['split']} cross-validation.")
+    else:
+        L.append(f"- Source run `{meta.get('source_run')}` (region `{metrics['source_region']}`);"
+                 f" target `{metrics['target']}` (spec `{meta.get('spec_file')}`).")
+        L.append(f"- K = {metrics['shots']} landslide + {metrics['shots']} non-landslide shots "
+                 f"per repeat, {metrics['repeats']} repeats, from a pool of "
+                 f"{metrics['pool_size']} points.")
+        L.append(f"- Test set: {metrics['test_size']} points ({metrics['test_landslides']} "
+                 f"landslides), {metrics['split']} hold-out, the same for every arm and repeat.")
+    L.append(f"- Factors ({len(run.schema.factors)}): {', '.join(run.schema.factors)}.")
+    L.append(f"- Normalisation: `{run.norm}` (each region standardised with its own statistics"
+             if run.norm == "target" else f"- Normalisation: `{run.norm}`")
+    if run.norm == "target":
+        L[-1] += ").")
+    for n in meta.get("notes", []):
+        L.append(f"- Note: {n}")
+    if meta.get("checksums"):
+        L.append("- Data files (sha256):")
+        for k, v in meta["checksums"].items():
+            L.append(f"  - `{k}`: `{v[:16]}...`" if v else f"  - `{k}`")
+    L.append("")
+    L.append("## Model performance")
+    L.append("")
+    if kind == "fit":
+        L.append("| model | AUC | log-loss | Brier | accuracy |")
+        L.append("|---|---|---|---|---|")
+        for fam, r in metrics.get("cv", {}).items():
+            s = r["summary"]
+            L.append(f"| {fam} | {_m(s['auc'])} | {_m(s['log_loss'])} | {_m(s['brier'])} | "
+                     f"{_m(s['accuracy'])} |")
+        L.append("")
+        L.append("Mean ± std over the spatial folds; out-of-fold predictions.")
+    else:
+        L.append("| model | arm | AUC | log-loss | Brier | accuracy |")
+        L.append("|---|---|---|---|---|---|")
+        for fam, arms in metrics["models"].items():
+            for arm, s in arms.items():
+                L.append(f"| {fam} | {arm} | {_m(s['auc'])} | {_m(s['log_loss'])} | "
+                         f"{_m(s['brier'])} | {_m(s['accuracy'])} |")
+        L.append("")
+        L.append("`source_only`: the source model zero-shot; `target_only`: trained on the shots "
+                 "alone; `stage1`: source head re-estimated on the shots; `stage2`: stage 1 "
+                 "fine-tuned as a whole, anchored at the source. Mean ± std over repeats.")
+    L.append("")
+    figs = outputs.get("figures", {})
+    for key, title in (("roc", "ROC curves"), ("reliability", "Calibration"),
+                       ("arms", "Transfer arms"), ("rates", "Success / prediction rate")):
+        if key in figs:
+            L.append(f"![{title}]({_rel(figs[key], base)})")
+            L.append("")
+    for maps in outputs.get("maps", []):
+        L.append(f"## Susceptibility map ({maps['family']})")
+        L.append("")
+        L.append(f"- Probability (Cloud-Optimized GeoTIFF): `{_rel(maps['probability'], base)}`")
+        L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
+                 f"`{_rel(maps['zones'], base)}`; thresholds "
+                 f"{', '.join(f'{t:.3f}' for t in maps['thresholds'])} ({maps['zone_method']}).")
+        if maps.get("prevalence"):
+            L.append(f"- Probabilities corrected to a landslide prevalence of "
+                     f"{maps['prevalence']:.3%}.")
+        L.append("")
+        L.append(f"![probability]({_rel(maps['probability_png'], base)})")
+        L.append(f"![zones]({_rel(maps['zones_png'], base)})")
+        L.append("")
+        L.append("| zone | area share | landslides | landslide share | density ratio |")
+        L.append("|---|---|---|---|---|")
+        for z in maps["zone_statistics"]:
+            L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
+                     f"{z['landslide_share']:.1%} | {z['density_ratio']:.2f} |")
+        L.append("")
+        if "rates" in maps:
+            L.append(f"![rate curves]({_rel(maps['rates'], base)})")
+            L.append("")
+    exp = outputs.get("explain", {})
+    if exp:
+        L.append("## What drives the models (SHAP)")
+        L.append("")
+        for fam, e in exp.items():
+            top = sorted(e["importance"].items(), key=lambda kv: -kv[1])[:5]
+            L.append(f"- **{fam}**: " + ", ".join(f"{k} ({v:.3f})" for k, v in top))
+        L.append("")
+        for fam, e in exp.items():
+            L.append(f"![{fam} importance]({_rel(e['bar'], base)}) "
+                     f"![{fam} beeswarm]({_rel(e['beeswarm'], base)})")
+            if "shift" in e:
+                L.append(f"![{fam} shift]({_rel(e['shift'], base)})")
+            L.append("")
+    L.append("## Reproduce")
+    L.append("")
+    L.append("```bash")
+    L.append(meta.get("command") or "# command not recorded")
+    L.append("```")
+    L.append("")
+    text = "\n".join(L)
+    md = run.path / "report.md"
+    atomic_write_bytes(md, text.encode("utf-8"))
+    atomic_write_bytes(run.path / "report.html", _html(text, run.region).encode("utf-8"))
+    return md
+
+
+def _html(md_text: str, title: str) -> str:
+    """A small self-contained HTML rendering (markdown-it, which rich ships with)."""
+    try:
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark").enable("table").render(md_text)
+    except ImportError:  # pragma: no cover
+        import html
+
+        body = f"<pre>{html.escape(md_text)}</pre>"
+    style = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;line-height:1.4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}"
+             "img{max-width:48%;vertical-align:top}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>")
