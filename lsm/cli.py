@@ -316,19 +316,28 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (tests call ``main([...])``)."""
-    import click
-
     from lsm.errors import LsmError
+
+    # typer >= 0.2x ships its own copy of click; catch the exceptions it raises
+    try:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # older typer on plain click
+        from click.exceptions import ClickException
+
+        NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
 
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="lsm", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return int(e.exit_code)
-    except click.ClickException as e:
+    except NoArgsIsHelpError as e:  # 'lsm' alone: help, as a usage error
+        e.show()
+        return 2
+    except ClickException as e:
         e.show()
         return int(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _console(stderr=True).print("aborted")
         return 130
     except KeyboardInterrupt:

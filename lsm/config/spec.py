@@ -294,16 +294,16 @@ class RegionSpec(_Model):
                     f"factors.{name}: not a canonical factor name, so it needs 'kind' "
                     f"(canonical: {', '.join(CANONICAL_FACTORS)})"
                 )
-            if self.is_table:
-                if f.column is None:
-                    raise ValueError(f"factors.{name}: a table region needs 'column'")
+            if self.is_table:  # the wrong key first: it says more than "needs 'column'"
                 if f.path is not None:
                     raise ValueError(f"factors.{name}: a table region takes 'column', not 'path'")
+                if f.column is None:
+                    raise ValueError(f"factors.{name}: a table region needs 'column'")
             else:
-                if f.path is None:
-                    raise ValueError(f"factors.{name}: a raster region needs 'path'")
                 if f.column is not None:
                     raise ValueError(f"factors.{name}: a raster region takes 'path', not 'column'")
+                if f.path is None:
+                    raise ValueError(f"factors.{name}: a raster region needs 'path'")
         if self.derive is not None:
             if self.is_table:
                 raise ValueError("derive: terrain derivation needs a raster region")
@@ -365,15 +365,29 @@ def builtin_regions() -> list[str]:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """Turn pydantic's multi-line report into one line: file: key: message."""
-    first = err.errors()[0]
+    """Turn pydantic's multi-line report into one line: file: key: message.
+
+    An unknown key is reported before anything else: a typo (``factor:``) also
+    makes the intended key "missing", and the typo is what the user must fix.
+    """
+    import difflib
+
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = f"unknown key {str(first['loc'][-1])!r}"
+        key = str(first["loc"][-1])
+        missing = [str(e["loc"][-1]) for e in errors
+                   if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
+        close = difflib.get_close_matches(key, missing, n=1)
+        msg = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif first["type"] == "missing":
         msg = "required key is missing"
-    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    elif not loc and re.match(r"^[\w.]+: ", msg):  # a model check naming its key itself
+        loc, msg = msg.split(": ", 1)
+    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc or '<top>'}: {msg}{extra}"
 
 

@@ -1,0 +1,102 @@
+"""The CLI's shape: help texts, lazy imports, and ``lsm stack`` on the demo region."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lsm.cli import main
+
+SUBCOMMANDS = ("regions", "stack", "fit", "finetune", "demo")
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("fit", "finetune", "stack", "demo", "regions"):
+        assert cmd in out, cmd
+    assert "hongkong" in out
+
+
+def test_no_arguments_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main([])
+    captured = capsys.readouterr()
+    assert rc in (0, 2)  # click's no_args_is_help exits 0 (older) or 2 (newer)
+    assert "finetune" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_subcommand_help(cmd: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out and cmd in out
+
+
+def test_stack_help_names_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stack", "--help"]) == 0
+    out = capsys.readouterr().out
+    for opt in ("--region", "--data-dir", "--table", "--quiet"):
+        assert opt in out, opt
+
+
+def test_unknown_command_and_option_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) != 0
+    assert main(["stack", "--region", "x", "--bogus"]) != 0
+    err = capsys.readouterr().err
+    assert "frobnicate" in err or "No such command" in err
+
+
+def test_help_is_fast_and_imports_no_heavy_libraries() -> None:
+    code = ("import sys, io, contextlib\n"
+            "from lsm.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    rc = main(['--help'])\n"
+            "assert rc == 0, rc\n"
+            "heavy = {'torch', 'xgboost', 'shap', 'sklearn', 'rasterio', 'xarray'}\n"
+            "loaded = heavy & set(sys.modules)\n"
+            "assert not loaded, loaded\n")
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr
+    assert elapsed < 10.0, f"lsm --help took {elapsed:.1f} s"
+
+
+def test_regions_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["regions"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hongkong", "ecuador", "jiangxi-yongxin", "jiangxi-yushan", "demo-target"):
+        assert name in out, name
+    assert "table" in out and "raster" in out
+
+
+def test_stack_demo_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LSM_DEMO_DIR", str(tmp_path / "demo"))
+    table = tmp_path / "table.parquet"
+    rc = main(["stack", "--region", "demo-target", "-q", "--table", str(table)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert (tmp_path / "demo" / "demo-target.yaml").is_file()
+    assert "demo-target" in out and "EPSG:32617" in out
+    for f in ("elevation", "lithology", "rainfall", "ndvi", "slope", "aspect", "curvature"):
+        assert f in out, f
+    assert "landslides" in out and "spatial folds" in out
+    import pandas as pd
+
+    t = pd.read_parquet(table)
+    assert {"x", "y", "label", "fold", "slope"} <= set(t.columns)
+    assert t["label"].sum() > 50
+    # demo NDVI is stored as int16 x 10000 with a sentinel: cleaned to true values
+    assert t["ndvi"].dropna().between(-1, 1).all()
+
+
+def test_stack_bad_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc = main(["stack", "--region", "hongkong", "--data-dir", str(tmp_path / "nope")])
+    assert rc != 0
+    assert "no such folder" in capsys.readouterr().err
