@@ -1,0 +1,207 @@
+"""Logistic regression family (``"lr"``): L2-penalised, fitted with L-BFGS.
+
+The fitted model is just ``coef_`` and ``intercept_``; ``predict_proba`` is
+computed from them directly, so a model rebuilt from its JSON artifact, or one
+whose coefficients the transfer stages re-estimated, predicts exactly like
+the original.
+
+Example
+-------
+>>> model = LogisticModel(C=1.0).fit(X, y)              # doctest: +SKIP
+>>> model.save(tmp_path / "lr")                          # doctest: +SKIP
+>>> LogisticModel.load(tmp_path / "lr").predict_proba(X) # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from lsm.errors import ArtifactError
+from lsm.io.artifacts import read_json, verify_manifest, write_json, write_manifest
+from lsm.models.base import LsmClassifier, register
+from lsm.transfer import register_stages
+
+META = "meta.json"
+COEF = "coef.json"
+
+
+@register
+class LogisticModel(LsmClassifier):
+    """Logistic regression on the design matrix.
+
+    Parameters
+    ----------
+    C : float, default 1.0
+        Inverse L2 strength, as in :class:`sklearn.linear_model.LogisticRegression`
+        (the loss is summed over samples, the penalty is ``||w||^2 / (2 C)``).
+    max_iter : int, default 1000
+        L-BFGS iterations.
+    tol : float, default 1e-6
+        L-BFGS tolerance.
+    class_weight : dict, "balanced" or None, default None
+        Per-class sample weights.
+    random_state : int or None, default 0
+        Kept for a uniform interface; L-BFGS is deterministic.
+
+    Attributes
+    ----------
+    classes_, coef_ (``(1, n_features)`` for two classes), intercept_,
+    n_features_in_, feature_names_in_ (when fitted on a DataFrame), n_iter_.
+    """
+
+    family = "lr"
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-6,
+                 class_weight: dict | str | None = None, random_state: int | None = 0) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> LogisticModel:
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; "
+                             f"got only one class ({classes[0]!r})")
+        est = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol,
+                                 class_weight=self.class_weight, random_state=self.random_state)
+        est.fit(X, y)
+        self.classes_ = est.classes_
+        self.coef_ = np.array(est.coef_, dtype=np.float64)
+        self.intercept_ = np.array(est.intercept_, dtype=np.float64)
+        self.n_iter_ = np.asarray(est.n_iter_)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Linear predictor(s): log-odds of the second class for two classes."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        z = X @ self.coef_.T + self.intercept_
+        return z[:, 0] if self.classes_.size == 2 else z
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        z = self.decision_function(X)
+        if self.classes_.size == 2:
+            p1 = expit(z)
+            return np.column_stack([1.0 - p1, p1])
+        return softmax(z, axis=1)
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``meta.json`` (family, params, classes, features) and ``coef.json``."""
+        check_is_fitted(self)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = [
+            write_json(directory / META, meta_dict(self)),
+            write_json(directory / COEF, {"coef": self.coef_.tolist(),
+                                          "intercept": self.intercept_.tolist(),
+                                          "n_iter": np.asarray(self.n_iter_).tolist()}),
+        ]
+        return [*files, write_manifest(directory)]
+
+    @classmethod
+    def load(cls, directory: Path) -> LogisticModel:
+        """Read a folder written by :meth:`save`; :class:`ArtifactError` if it is not one."""
+        directory = Path(directory)
+        model = cls(**params_from_meta(directory, cls))
+        set_fitted_from_meta(model, directory)
+        coef = read_json(directory / COEF)
+        try:
+            model.coef_ = np.asarray(coef["coef"], dtype=np.float64).reshape(
+                -1, model.n_features_in_)
+            model.intercept_ = np.asarray(coef["intercept"], dtype=np.float64).reshape(-1)
+            model.n_iter_ = np.asarray(coef.get("n_iter", [0]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{directory / COEF}: malformed ({err})") from None
+        if model.coef_.shape[0] != model.intercept_.size:
+            raise ArtifactError(f"{directory / COEF}: coef and intercept shapes do not match")
+        return model
+
+
+# -- meta.json helpers, used by every family's save/load --------------------------
+
+
+def meta_dict(model: LsmClassifier) -> dict[str, Any]:
+    """What ``meta.json`` records of a fitted model: family, versions, params, inputs."""
+    import sklearn
+
+    import lsm
+
+    params = model.get_params()
+    if not isinstance(params.get("random_state"), (int, type(None))):
+        params["random_state"] = None  # a RandomState object is not worth persisting
+    cw = params.get("class_weight")
+    if isinstance(cw, dict):  # JSON object keys would turn class labels into strings
+        params["class_weight"] = [[k, v] for k, v in cw.items()]
+    names = getattr(model, "feature_names_in_", None)
+    return {
+        "family": model.family,
+        "format": 1,
+        "lsm_version": lsm.__version__,
+        "sklearn_version": sklearn.__version__,
+        "params": params,
+        "classes": np.asarray(model.classes_).tolist(),
+        "n_features_in": int(model.n_features_in_),
+        "feature_names_in": None if names is None else [str(n) for n in names],
+    }
+
+
+def read_meta(directory: Path, family: str) -> dict[str, Any]:
+    """Verify the folder's manifest, then return its ``meta.json`` if it holds ``family``."""
+    directory = Path(directory)
+    verify_manifest(directory)
+    meta = read_json(directory / META)
+    found = meta.get("family") if isinstance(meta, dict) else None
+    if found != family:
+        raise ArtifactError(f"{directory / META}: holds a {found!r} model, not a {family!r} one")
+    return meta
+
+
+def params_from_meta(directory: Path, cls: type[LsmClassifier]) -> dict[str, Any]:
+    """Constructor parameters recorded in ``directory/meta.json`` (verified first)."""
+    meta = read_meta(directory, cls.family)
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise ArtifactError(f"{Path(directory) / META}: no 'params' object")
+    params = dict(params)
+    if isinstance(params.get("class_weight"), list):
+        params["class_weight"] = {k: v for k, v in params["class_weight"]}
+    unknown = set(params) - set(cls().get_params())
+    if unknown:
+        raise ArtifactError(f"{Path(directory) / META}: unknown parameters {sorted(unknown)} "
+                            f"for {cls.__name__}")
+    return params
+
+
+def set_fitted_from_meta(model: LsmClassifier, directory: Path) -> dict[str, Any]:
+    """Set ``classes_``, ``n_features_in_``, ``feature_names_in_`` from ``meta.json``."""
+    path = Path(directory) / META
+    meta = read_json(path)
+    try:
+        model.classes_ = np.asarray(meta["classes"])
+        model.n_features_in_ = int(meta["n_features_in"])
+        if meta.get("feature_names_in") is not None:
+            names = np.asarray(meta["feature_names_in"], dtype=object)
+            if names.size != model.n_features_in_:
+                raise ValueError("feature_names_in does not match n_features_in")
+            model.feature_names_in_ = names
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: malformed ({err})") from None
+    return meta
+
+
+from lsm.transfer.lr import adapt_lr, finetune_lr  # noqa: E402  (needs LogisticModel above)
+
+register_stages("lr", adapt_lr, finetune_lr)

@@ -1,0 +1,263 @@
+"""Random forest family (``"rf"``), saved without pickles.
+
+The forest is a fitted :class:`sklearn.ensemble.RandomForestClassifier`
+(``forest_``, fitted on class indices ``0..k-1``); SHAP and other tools can
+use it directly.  ``predict_proba`` averages the trees itself, in a fixed
+order, so the same model always gives bit-identical probabilities (the
+forest's own threaded accumulation does not guarantee that).
+
+On disk: ``trees.npz`` holds the node arrays of every tree concatenated
+(``node_count`` per tree gives the offsets) and ``meta.json`` the rest; a
+tree is rebuilt through ``sklearn.tree._tree.Tree.__setstate__``, the same
+path unpickling takes, but from plain arrays.
+
+Example
+-------
+>>> model = RandomForestModel(n_estimators=300).fit(X, y)    # doctest: +SKIP
+>>> model.save(tmp_path / "rf")                               # doctest: +SKIP
+>>> RandomForestModel.load(tmp_path / "rf").predict_proba(X)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from lsm.errors import ArtifactError
+from lsm.io.artifacts import read_arrays, write_arrays, write_json, write_manifest
+from lsm.models.base import LsmClassifier, register
+from lsm.models.lr import META, meta_dict, params_from_meta, set_fitted_from_meta
+from lsm.transfer import register_stages
+
+TREES = "trees.npz"
+# Node fields of sklearn's Tree, in the order of its structured ``nodes`` array.
+NODE_FIELDS = ("left_child", "right_child", "feature", "threshold", "impurity",
+               "n_node_samples", "weighted_n_node_samples", "missing_go_to_left")
+_BLOCK = 32  # trees summed per task in predict_proba; fixed so results do not depend on n_jobs
+
+
+@register
+class RandomForestModel(LsmClassifier):
+    """Random forest of CART trees (Gini), bootstrap samples.
+
+    Parameters
+    ----------
+    n_estimators : int, default 300
+    max_depth : int or None, default None
+    min_samples_leaf : int, default 2
+    max_features : {"sqrt", "log2"}, int, float or None, default "sqrt"
+    class_weight : dict, "balanced", "balanced_subsample" or None, default None
+    n_jobs : int or None, default -1
+        Threads for fitting and prediction (-1: all cores).
+    random_state : int or None, default 0
+
+    Attributes
+    ----------
+    forest_ : RandomForestClassifier
+        Fitted on class indices ``0..k-1``; the transfer stages change its
+        trees' leaf values (stage 1) and append trees (stage 2).
+    classes_, n_features_in_, feature_names_in_ (when fitted on a DataFrame).
+    """
+
+    family = "rf"
+
+    def __init__(self, *, n_estimators: int = 300, max_depth: int | None = None,
+                 min_samples_leaf: int = 2, max_features: str | int | float | None = "sqrt",
+                 class_weight: dict | str | None = None, n_jobs: int | None = -1,
+                 random_state: int | None = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> RandomForestModel:
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        cw = self.class_weight
+        if isinstance(cw, dict):  # the inner forest sees class indices, not labels
+            index = {c: i for i, c in enumerate(self.classes_.tolist())}
+            cw = {index[k]: v for k, v in cw.items() if k in index}
+        self.forest_ = RandomForestClassifier(
+            n_estimators=self.n_estimators, max_depth=self.max_depth,
+            min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            class_weight=cw, n_jobs=self.n_jobs, random_state=self.random_state,
+        ).fit(X, y_idx)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32, order="C",
+                          ensure_all_finite="allow-nan")
+        return forest_proba(self.forest_.estimators_, X, n_jobs=self.n_jobs)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``meta.json`` and ``trees.npz`` (node arrays of all trees), then the manifest."""
+        check_is_fitted(self)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        trees = self.forest_.estimators_
+        states = [t.tree_.__getstate__() for t in trees]
+        arrays: dict[str, np.ndarray] = {
+            "node_count": np.array([s["node_count"] for s in states], dtype=np.int64),
+            "max_depth": np.array([s["max_depth"] for s in states], dtype=np.int64),
+            "tree_random_state": np.array([_seed(t.random_state) for t in trees], dtype=np.int64),
+            "tree_max_features": np.array([t.max_features_ for t in trees], dtype=np.int64),
+            "values": np.concatenate([s["values"] for s in states]),
+        }
+        for name in states[0]["nodes"].dtype.names:
+            arrays[name] = np.concatenate([s["nodes"][name] for s in states])
+        meta = meta_dict(self)
+        meta["forest"] = {
+            "n_classes": int(len(self.classes_)),
+            "n_outputs": int(self.forest_.n_outputs_),
+            "n_trees": len(trees),
+            "n_samples": int(getattr(self.forest_, "_n_samples", 0)),
+            "n_samples_bootstrap": _optional_int(getattr(self.forest_, "_n_samples_bootstrap",
+                                                         None)),
+            # hyperparameters of the first tree (trees added by stage 2 differ; only their
+            # fitted structure matters for prediction)
+            "tree_params": {k: v for k, v in trees[0].get_params().items()
+                            if k not in ("random_state", "class_weight")},
+        }
+        files = [write_arrays(directory / TREES, arrays), write_json(directory / META, meta)]
+        return [*files, write_manifest(directory)]
+
+    @classmethod
+    def load(cls, directory: Path) -> RandomForestModel:
+        """Rebuild a forest written by :meth:`save` (no pickles; checksums verified first)."""
+        directory = Path(directory)
+        model = cls(**params_from_meta(directory, cls))
+        meta = set_fitted_from_meta(model, directory)
+        arrays = read_arrays(directory / TREES)
+        try:
+            info = meta["forest"]
+            trees = _rebuild_trees(arrays, model.n_features_in_, int(info["n_classes"]),
+                                   dict(info["tree_params"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{directory / TREES}: does not hold a valid forest "
+                                f"({type(err).__name__}: {err})") from None
+        if len(trees) != int(info["n_trees"]):
+            raise ArtifactError(f"{directory / TREES}: {len(trees)} trees, meta.json says "
+                                f"{info['n_trees']}")
+        k = int(info["n_classes"])
+        forest = RandomForestClassifier(
+            n_estimators=len(trees), max_depth=model.max_depth,
+            min_samples_leaf=model.min_samples_leaf, max_features=model.max_features,
+            n_jobs=model.n_jobs, random_state=model.random_state)
+        forest.estimator_ = DecisionTreeClassifier()
+        forest.estimators_ = trees
+        forest.n_features_in_ = model.n_features_in_
+        forest.n_outputs_ = 1
+        forest.classes_ = np.arange(k)
+        forest.n_classes_ = k
+        forest._n_samples = int(info.get("n_samples", 0))
+        forest._n_samples_bootstrap = info.get("n_samples_bootstrap")
+        model.forest_ = forest
+        return model
+
+
+def forest_proba(trees: list[DecisionTreeClassifier], X: np.ndarray, *,
+                 n_jobs: int | None = None) -> np.ndarray:
+    """Mean class probabilities of ``trees`` on float32 C-ordered ``X``, deterministic.
+
+    Trees are summed in blocks of fixed size and the blocks in order, so the
+    result is the same whatever ``n_jobs`` is.
+    """
+    from joblib import Parallel, delayed
+
+    blocks = [trees[i:i + _BLOCK] for i in range(0, len(trees), _BLOCK)]
+    if len(blocks) == 1 or n_jobs == 1:
+        sums = [_block_sum(b, X) for b in blocks]
+    else:
+        sums = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_block_sum)(b, X)
+                                                         for b in blocks)
+    total = sums[0]
+    for s in sums[1:]:
+        total += s
+    return total / len(trees)
+
+
+def _block_sum(trees: list[DecisionTreeClassifier], X: np.ndarray) -> np.ndarray:
+    out = np.array(_tree_proba(trees[0], X), dtype=np.float64)
+    for t in trees[1:]:
+        out += _tree_proba(t, X)
+    return out
+
+
+def _tree_proba(tree: DecisionTreeClassifier, X: np.ndarray) -> np.ndarray:
+    p = tree.tree_.predict(X)  # (n, n_classes) for one output; (n, 1, n_classes) in older versions
+    return p[:, 0, :] if p.ndim == 3 else p
+
+
+def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: int,
+                   tree_params: dict[str, Any]) -> list[DecisionTreeClassifier]:
+    from sklearn.tree._tree import Tree
+
+    n_classes_arr = np.array([n_classes], dtype=np.intp)
+    node_dtype = Tree(n_features, n_classes_arr, 1).__getstate__()["nodes"].dtype
+    counts = np.asarray(arrays["node_count"], dtype=np.int64)
+    total = int(counts.sum())
+    values = np.asarray(arrays["values"], dtype=np.float64)
+    if values.shape != (total, 1, n_classes):
+        raise ValueError(f"values has shape {values.shape}, expected {(total, 1, n_classes)}")
+    for name in node_dtype.names:
+        if name not in arrays and name != "missing_go_to_left":
+            raise ValueError(f"node field {name!r} missing")
+        if name in arrays and arrays[name].shape != (total,):
+            raise ValueError(f"node field {name!r} has shape {arrays[name].shape}")
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    trees = []
+    for i, n in enumerate(counts.tolist()):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        nodes = np.zeros(n, dtype=node_dtype)
+        for name in node_dtype.names:
+            if name in arrays:
+                nodes[name] = arrays[name][lo:hi]
+        children = np.concatenate([nodes["left_child"], nodes["right_child"]])
+        if children.size and (children.max() >= n or children.min() < -1
+                              or nodes["feature"].max(initial=-2) >= n_features):
+            raise ValueError(f"tree {i} refers to nodes or features that do not exist")
+        tree = Tree(n_features, n_classes_arr, 1)
+        tree.__setstate__({"max_depth": int(arrays["max_depth"][i]), "node_count": n,
+                           "nodes": nodes, "values": np.ascontiguousarray(values[lo:hi])})
+        seed = int(arrays["tree_random_state"][i])
+        est = DecisionTreeClassifier(**tree_params, random_state=seed if seed >= 0 else None)
+        est.n_features_in_ = n_features
+        est.n_outputs_ = 1
+        est.classes_ = np.arange(n_classes, dtype=np.float64)
+        est.n_classes_ = np.int64(n_classes)
+        est.max_features_ = int(arrays["tree_max_features"][i])
+        est.tree_ = tree
+        trees.append(est)
+    return trees
+
+
+def _seed(rs: Any) -> int:
+    return int(rs) if isinstance(rs, (int, np.integer)) else -1
+
+
+def _optional_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+from lsm.transfer.rf import adapt_rf, finetune_rf  # noqa: E402  (needs the model above)
+
+register_stages("rf", adapt_rf, finetune_rf)

@@ -1,0 +1,188 @@
+"""Gradient-boosted trees family (``"xgb"``), XGBoost ``hist``.
+
+The fitted model is an :class:`xgboost.Booster` (``booster_``), saved as
+UBJSON (``model.ubj``), XGBoost's own non-executable format.  ``xgboost`` is
+imported inside the methods only, so importing :mod:`lsm.models` (and running
+``lsm --help``) does not load it.
+
+Example
+-------
+>>> model = XGBModel(n_estimators=300).fit(X, y)      # doctest: +SKIP
+>>> model.save(tmp_path / "xgb")                       # doctest: +SKIP
+>>> XGBModel.load(tmp_path / "xgb").predict_proba(X)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.utils import Tags, check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from lsm.errors import ArtifactError
+from lsm.io.artifacts import atomic_write_bytes, write_json, write_manifest
+from lsm.models.base import LsmClassifier, register
+from lsm.models.lr import META, meta_dict, params_from_meta, set_fitted_from_meta
+from lsm.transfer import register_stages
+
+BOOSTER = "model.ubj"
+
+
+@register
+class XGBModel(LsmClassifier):
+    """Boosted trees with a logistic objective (softmax for more than two classes).
+
+    Parameters
+    ----------
+    n_estimators : int, default 300
+        Boosting rounds.
+    max_depth : int, default 4
+    learning_rate : float, default 0.05
+    subsample : float, default 0.8
+        Row share per tree.
+    colsample_bytree : float, default 0.8
+        Column share per tree.
+    min_child_weight : float, default 1.0
+    reg_lambda : float, default 1.0
+        L2 penalty on leaf values.
+    tree_method : str, default "hist"
+    n_jobs : int or None, default -1
+        Threads; -1 or None: all cores.
+    random_state : int or None, default 0
+
+    Attributes
+    ----------
+    booster_ : xgboost.Booster
+        Trained on class indices ``0..k-1``.
+    classes_, n_features_in_, feature_names_in_ (when fitted on a DataFrame).
+    """
+
+    family = "xgb"
+
+    def __init__(self, *, n_estimators: int = 300, max_depth: int = 4,
+                 learning_rate: float = 0.05, subsample: float = 0.8,
+                 colsample_bytree: float = 0.8, min_child_weight: float = 1.0,
+                 reg_lambda: float = 1.0, tree_method: str = "hist", n_jobs: int | None = -1,
+                 random_state: int | None = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.min_child_weight = min_child_weight
+        self.reg_lambda = reg_lambda
+        self.tree_method = tree_method
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> XGBModel:
+        import xgboost as xgb
+
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        k = len(self.classes_)
+        if k < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; "
+                             f"got only one class ({self.classes_[0]!r})")
+        params: dict[str, Any] = {
+            "max_depth": self.max_depth, "eta": self.learning_rate,
+            "subsample": self.subsample, "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight, "lambda": self.reg_lambda,
+            "tree_method": self.tree_method, "seed": xgb_seed(self.random_state),
+            "verbosity": 0, **xgb_objective(k), **xgb_threads(self.n_jobs),
+        }
+        dtrain = xgb.DMatrix(X, label=y_idx, missing=np.nan,
+                             nthread=xgb_threads(self.n_jobs)["nthread"] or -1)
+        self.booster_ = xgb.train(params, dtrain, num_boost_round=self.n_estimators)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32, ensure_all_finite="allow-nan")
+        p = np.asarray(self.booster_.inplace_predict(X, missing=np.nan), dtype=np.float64)
+        if p.ndim == 1:
+            return np.column_stack([1.0 - p, p])
+        return p / p.sum(axis=1, keepdims=True)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``model.ubj`` (the booster, UBJSON) and ``meta.json``, then the manifest."""
+        import xgboost as xgb
+
+        check_is_fitted(self)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        booster = directory / BOOSTER
+        atomic_write_bytes(booster, bytes(self.booster_.save_raw(raw_format="ubj")))
+        meta = meta_dict(self)
+        meta["xgboost_version"] = xgb.__version__
+        meta["n_trees"] = n_trees(self.booster_)
+        files = [booster, write_json(directory / META, meta)]
+        return [*files, write_manifest(directory)]
+
+    @classmethod
+    def load(cls, directory: Path) -> XGBModel:
+        """Read a folder written by :meth:`save` (checksums verified first)."""
+        import xgboost as xgb
+
+        directory = Path(directory)
+        model = cls(**params_from_meta(directory, cls))
+        meta = set_fitted_from_meta(model, directory)
+        booster = xgb.Booster()
+        try:
+            booster.load_model(str(directory / BOOSTER))
+        except xgb.core.XGBoostError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ArtifactError(f"{directory / BOOSTER}: not a readable XGBoost model "
+                                f"({first})") from None
+        if booster.num_features() != model.n_features_in_:
+            raise ArtifactError(f"{directory / BOOSTER}: {booster.num_features()} features, "
+                                f"meta.json says {model.n_features_in_}")
+        if "n_trees" in meta and n_trees(booster) != int(meta["n_trees"]):
+            raise ArtifactError(f"{directory / BOOSTER}: {n_trees(booster)} trees, meta.json "
+                                f"says {meta['n_trees']}")
+        booster.set_param(xgb_threads(model.n_jobs))
+        model.booster_ = booster
+        return model
+
+
+def xgb_objective(n_classes: int) -> dict[str, Any]:
+    """Objective parameters for ``n_classes`` classes."""
+    if n_classes == 2:
+        return {"objective": "binary:logistic", "eval_metric": "logloss"}
+    return {"objective": "multi:softprob", "num_class": n_classes, "eval_metric": "mlogloss"}
+
+
+def xgb_threads(n_jobs: int | None) -> dict[str, int]:
+    """``nthread`` for ``n_jobs`` (None or <= 0: 0, XGBoost's "all cores")."""
+    return {"nthread": 0 if n_jobs is None or n_jobs <= 0 else int(n_jobs)}
+
+
+def n_trees(booster: Any) -> int:
+    """Number of trees in ``booster``."""
+    import json
+
+    cfg = json.loads(booster.save_config())
+    return int(cfg["learner"]["gradient_booster"]["gbtree_model_param"]["num_trees"])
+
+
+def xgb_seed(random_state: Any) -> int:
+    """An XGBoost ``seed`` from a scikit-learn ``random_state``."""
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state) % (2**31 - 1)
+    return int(check_random_state(random_state).randint(2**31 - 1))
+
+
+from lsm.transfer.xgb import adapt_xgb, finetune_xgb  # noqa: E402  (needs the model above)
+
+register_stages("xgb", adapt_xgb, finetune_xgb)
