@@ -89,8 +89,9 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     # read back the written map: zones and PNGs never recompute the model
     import rioxarray
 
-    prob_disk = rioxarray.open_rasterio(prob_path, masked=True, chunks=True).squeeze("band",
-                                                                                      drop=True)
+    chunks = {"band": 1, "y": 1024, "x": 1024}
+    prob_disk = rioxarray.open_rasterio(prob_path, masked=True, chunks=chunks).squeeze(
+        "band", drop=True)
     zones, cuts = classify_zones(prob_disk, thresholds=thresholds)
     zones_path = out / f"{stem}_zones.tif"
     write_zones_geotiff(zones, zones_path, names=ZONE_NAMES, colors=ZONE_COLORS)
@@ -103,7 +104,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     png_p = quicklook_png(prob_disk, out / f"{stem}_probability.png", kind="probability",
                           hillshade_from=elev, points=pts,
                           title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)")
-    zones_disk = rioxarray.open_rasterio(zones_path, chunks=True).squeeze("band", drop=True)
+    zones_disk = rioxarray.open_rasterio(zones_path, chunks=chunks).squeeze("band", drop=True)
     png_z = quicklook_png(zones_disk, out / f"{stem}_zones.png", kind="zones",
                           hillshade_from=elev, points=pts,
                           title=f"{spec.name}: susceptibility zones, {family}")

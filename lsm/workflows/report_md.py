@@ -46,10 +46,10 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
         L.append(f"- Test set: {metrics['test_size']} points ({metrics['test_landslides']} "
                  f"landslides), {metrics['split']} hold-out, the same for every arm and repeat.")
     L.append(f"- Factors ({len(run.schema.factors)}): {', '.join(run.schema.factors)}.")
-    L.append(f"- Normalisation: `{run.norm}` (each region standardised with its own statistics"
-             if run.norm == "target" else f"- Normalisation: `{run.norm}`")
-    if run.norm == "target":
-        L[-1] += ").")
+    norm_text = {"target": "each region standardised with its own statistics",
+                 "source": "every region standardised with the source region's statistics",
+                 "none": "raw factor values"}.get(run.norm, "")
+    L.append(f"- Normalisation: `{run.norm}` ({norm_text}).")
     for n in meta.get("notes", []):
         L.append(f"- Note: {n}")
     if meta.get("checksums"):
