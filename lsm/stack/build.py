@@ -154,7 +154,7 @@ def _aoi_mask(spec: RegionSpec, grid: Grid, chunks: int) -> xr.DataArray | None:
 
     def block(_: np.ndarray, block_info: Any = None) -> np.ndarray:
         (r0, r1), (c0, c1) = block_info[None]["array-location"]
-        bt = t * t.translation(c0, r0)
+        bt = t @ t.translation(c0, r0)
         return ~geometry_mask(geoms, out_shape=(r1 - r0, c1 - c0), transform=bt)
 
     base = dka.zeros((grid.height, grid.width), chunks=chunks, dtype=bool)

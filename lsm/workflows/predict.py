@@ -108,7 +108,9 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     png_z = quicklook_png(zones_disk, out / f"{stem}_zones.png", kind="zones",
                           hillshade_from=elev, points=pts,
                           title=f"{spec.name}: susceptibility zones, {family}")
+    rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png")
     result = {
+        **rates,
         "region": spec.name, "family": family, "probability": str(prob_path),
         "zones": str(zones_path), "probability_png": str(png_p), "zones_png": str(png_z),
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
@@ -117,6 +119,42 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     }
     write_json(out / f"{stem}_zones.json", result)
     return result
+
+
+def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame,
+                 path: Path) -> dict[str, Any]:
+    """Success-rate (landslides the model saw) and prediction-rate (landslides it did
+    not see) curves of a probability map."""
+    import xarray as xr
+
+    from lsm.evaluate.curves import prediction_rate_curve, success_rate_curve
+    from lsm.evaluate.figures import plot_rate_curves
+
+    n = prob.sizes["x"] * prob.sizes["y"]
+    step = max(1, int(np.ceil(np.sqrt(n / 2e6))))  # at most ~2 M pixels for the area axis
+    p_all = prob[::step, ::step].values.ravel()
+    p_all = p_all[np.isfinite(p_all)]
+    rows, cols = landslides["row"].to_numpy(), landslides["col"].to_numpy()
+    p_ls = prob.isel(y=xr.DataArray(rows, dims="pt"), x=xr.DataArray(cols, dims="pt")).values
+    seen = np.zeros(len(rows), dtype=bool)
+    if spec.name == run.region:
+        tt = run.training_table()
+        if {"row", "col"} <= set(tt.columns):
+            train = set(zip(tt.loc[tt["label"] == 1, "row"], tt.loc[tt["label"] == 1, "col"]))
+            seen = np.array([(r, c) in train for r, c in zip(rows, cols)], dtype=bool)
+    ok = np.isfinite(p_ls)
+    success = success_rate_curve(p_ls[seen & ok], p_all) if (seen & ok).any() else None
+    prediction = (prediction_rate_curve(p_ls[~seen & ok], p_all)
+                  if (~seen & ok).any() else None)
+    if success is None and prediction is None:
+        return {}
+    png = plot_rate_curves(success, prediction, path,
+                           f"{spec.name}: success / prediction rate ({path.stem.split('_')[-2]})")
+    return {"rates": str(png),
+            "success_rate_auc": None if success is None else float(success.auc),
+            "prediction_rate_auc": None if prediction is None else float(prediction.auc),
+            "n_seen_landslides": int((seen & ok).sum()),
+            "n_unseen_landslides": int((~seen & ok).sum())}
 
 
 def _run_spec(run: Run) -> RegionSpec:
