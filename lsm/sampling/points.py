@@ -22,7 +22,7 @@ def pixel_index(grid_transform: object, xs: np.ndarray, ys: np.ndarray, width: i
                 height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row, col of each point and whether it falls inside the grid."""
     inv = ~grid_transform  # type: ignore[operator]
-    cols_f, rows_f = inv * (np.asarray(xs, dtype="float64"), np.asarray(ys, dtype="float64"))
+    cols_f, rows_f = inv @ (np.asarray(xs, dtype="float64"), np.asarray(ys, dtype="float64"))
     cols = np.floor(cols_f).astype("int64")
     rows = np.floor(rows_f).astype("int64")
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)

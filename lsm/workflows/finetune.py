@@ -123,7 +123,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         raise FactorMismatchError(
             f"{tspec.source_file or tspec.name}: no factor in common with the source run "
             f"{run.path} (source: {', '.join(run.schema.factors)}; target: "
-            f"{', '.join(target.kinds)})")
+            f"{', '.join(target.kinds)}){''.join('; ' + n for n in notes)}")
     for n in notes:
         warnings.warn(n, UserWarning, stacklevel=2)
     models = run.models

@@ -1,0 +1,393 @@
+"""Pipelines: one YAML file composes fits and fine-tunes into a study.
+
+A pipeline names its source and target regions, model families, shot counts,
+repeats and normalisations; :func:`lsm.workflows.pipeline.run_pipeline` turns
+it into steps (fit, fine-tune, derived region), runs them, resumes after an
+interruption and writes a results folder.  It is validated like a region
+spec: pydantic models with ``extra="forbid"``, any error reported on one
+line naming the file and the key.
+
+Schema
+------
+Top level:
+
+``name``
+    Pipeline name (letters, digits, ``_.-``); results go to ``results/<name>``.
+``out``
+    Results folder, relative to the working directory (default ``results/<name>``).
+``seed``
+    Default seed of every study and derived region.
+``regions``
+    Derived regions, usable wherever a region is named: ``{from: REGION,
+    fraction: F, part: first|rest, order: random|compact, block_size: B}``
+    takes the spatial blocks of ``from`` in a seeded order until a share
+    ``F`` of its points is reached (``part: first``) or keeps the other
+    blocks (``part: rest``).  ``order: random`` spreads the blocks over the
+    region; ``compact`` grows one contiguous area from a seeded start block.
+``studies``
+    A list; each has a ``kind``:
+
+    ``shots``
+        Fit ``source`` once per normalisation, fine-tune every ``targets``
+        entry at every ``shots`` count.  A K larger than a target's training
+        pool allows is skipped with a note.
+    ``source_scale``
+        Nested subsets of ``source`` (``fractions``, spatial blocks in one
+        seeded order, so 10% is inside 25% is inside 50% ...), each fitted
+        and fine-tuned on ``target`` at ``shots``.
+    ``progressive``
+        ``chain: [A, B, C]``: fit A, fine-tune B from it, fine-tune C from
+        the B run; compared with C fine-tuned directly from A (same shots,
+        repeats and seed, so the same test set).
+
+    Every study also takes ``id`` (default: its kind), ``models``,
+    ``repeats``, ``norms``, ``seed``, ``test_fraction``, ``prevalence``,
+    ``cv`` (spatial cross-validation of the source fits) and ``device``.
+
+Regions are built-in names (``hongkong``, ``demo-source``, ...), names from
+``regions``, or spec files (``.yaml``) relative to the pipeline file.
+
+Example
+-------
+>>> cfg = load_pipeline("pipelines/demo.yaml")       # doctest: +SKIP
+>>> [s.kind for s in cfg.studies]                     # doctest: +SKIP
+['shots', 'source_scale', 'progressive']
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lsm.config.spec import builtin_regions, format_validation_error, load_yaml
+from lsm.errors import SpecError
+
+Family = Literal["rf", "lr", "xgb", "mlp"]
+Norm = Literal["target", "source", "none"]
+STUDY_KINDS = ("shots", "source_scale", "progressive")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DerivedRegion(_Model):
+    """A region cut out of another one by spatial blocks."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str = Field(alias="from", description="Region to cut from (built-in, derived, spec).")
+    fraction: float = Field(gt=0, le=1, description="Share of the points in the first blocks.")
+    part: Literal["first", "rest"] = Field(
+        "first", description="first: the blocks up to 'fraction'; rest: all the others.")
+    order: Literal["random", "compact"] = Field(
+        "random", description="Block order: seeded random (spread out) or compact (one "
+        "contiguous area grown from a seeded start block).")
+    block_size: float | None = Field(None, gt=0, description="Block edge in map units; "
+                                     "default a tenth of the longer extent.")
+    seed: int | None = Field(None, description="Block order seed; default the pipeline's.")
+
+
+class _Study(_Model):
+    id: str | None = Field(None, pattern=_NAME, description="Study name in results; default "
+                           "its kind.")
+    models: list[Family] = Field(default_factory=lambda: ["rf", "lr", "xgb", "mlp"],
+                                 min_length=1, description="Model families.")
+    repeats: int = Field(10, ge=1, le=1000, description="Shot draws per fine-tune.")
+    norms: list[Norm] = Field(default_factory=lambda: ["target"], min_length=1,
+                              description="Factor normalisations; each gets its own fit.")
+    seed: int | None = Field(None, description="Seed; default the pipeline's.")
+    test_fraction: float = Field(0.3, gt=0.05, lt=0.9,
+                                 description="Share of each target held out for testing.")
+    prevalence: float | None = Field(None, gt=0, lt=1,
+                                     description="Expected landslide share in the targets.")
+    cv: bool = Field(False, description="Spatial cross-validation of the source fits "
+                     "(rows with arm 'source_cv').")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="MLP device.")
+
+    @field_validator("models", "norms")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"repeated entries in {v}")
+        return v
+
+
+class ShotsStudy(_Study):
+    """Fit a source once, fine-tune each target at each shot count."""
+
+    kind: Literal["shots"] = Field(description="shots: metric against K per target.")
+    source: str = Field(description="Data-rich region.")
+    targets: list[str] = Field(min_length=1, description="Data-scarce regions.")
+    shots: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=lambda: [10, 25, 50, 100], min_length=1,
+        description="K landslides (and K non-landslides) per fine-tune.")
+
+
+class SourceScaleStudy(_Study):
+    """Nested source subsets of increasing size, each fitted and fine-tuned."""
+
+    kind: Literal["source_scale"] = Field(description="source_scale: metric against source size.")
+    source: str = Field(description="Region whose points are subset by spatial blocks.")
+    target: str = Field(description="Region every subset is fine-tuned on.")
+    fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0], min_length=1,
+        description="Shares of the source's points (nested subsets).")
+    shots: int = Field(50, ge=1, le=100_000, description="K of the fine-tunes.")
+    order: Literal["random", "compact"] = Field("random", description="Block order (see "
+                                                "regions).")
+    block_size: float | None = Field(None, gt=0, description="Block edge in map units.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"repeated fractions in {v}")
+        return sorted(v)
+
+
+class ProgressiveStudy(_Study):
+    """A chain of fine-tunes compared with the direct transfer."""
+
+    kind: Literal["progressive"] = Field(description="progressive: chained vs direct transfer.")
+    chain: list[str] = Field(min_length=3, description="Regions: fit the first, fine-tune "
+                             "each next one from the previous run; at least three.")
+    shots: int = Field(50, ge=1, le=100_000, description="K of every fine-tune in the chain.")
+
+
+_STUDY_CLASSES: dict[str, type[_Study]] = {
+    "shots": ShotsStudy, "source_scale": SourceScaleStudy, "progressive": ProgressiveStudy}
+Study = Annotated[ShotsStudy | SourceScaleStudy | ProgressiveStudy, Field(discriminator="kind")]
+
+
+class PipelineConfig(_Model):
+    """A pipeline file."""
+
+    name: str = Field(pattern=_NAME, description="Pipeline name; results go to "
+                      "results/<name> unless 'out' is given.")
+    description: str = Field("", description="Free text, copied into summary.md.")
+    out: Path | None = Field(None, description="Results folder, relative to the working "
+                             "directory.")
+    seed: int = Field(0, description="Default seed of every study and derived region.")
+    regions: dict[str, DerivedRegion] = Field(
+        default_factory=dict, description="Derived regions: spatial-block subsets of "
+        "another region, usable wherever a region is named.")
+    studies: list[Study] = Field(min_length=1, description="What to run; each entry has a "
+                                 "kind: shots, source_scale or progressive.")
+
+    # set by load_pipeline, not part of the YAML
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _ids(self) -> PipelineConfig:
+        kinds = [s.kind for s in self.studies]
+        for i, s in enumerate(self.studies):
+            if s.id is None:
+                s.id = s.kind if kinds.count(s.kind) == 1 else f"{s.kind}-{i + 1}"
+        ids = [s.id for s in self.studies]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"studies: study ids must be unique; repeated: {dup}")
+        return self
+
+    def study_seed(self, study: Any) -> int:
+        return self.seed if study.seed is None else int(study.seed)
+
+    def results_dir(self) -> Path:
+        return Path(self.out) if self.out is not None else Path("results") / self.name
+
+
+class _Errors:
+    """Pydantic errors with the union tag taken out of each location.
+
+    ``studies.0.shots.sourc`` reads as if ``shots`` were a key of the study;
+    the tag only says which kind was validated.
+    """
+
+    def __init__(self, err: ValidationError) -> None:
+        self._errors = []
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            if (len(loc) >= 3 and loc[0] == "studies" and isinstance(loc[1], int)
+                    and loc[2] in STUDY_KINDS):
+                loc = loc[:2] + loc[3:]
+            self._errors.append({**e, "loc": loc})
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._errors
+
+
+def _is_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or "/" in ref
+
+
+def _region_refs(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """Every region a pipeline names, with the key naming it."""
+    refs = [(f"regions.{n}.from", r.from_) for n, r in cfg.regions.items()]
+    for i, s in enumerate(cfg.studies):
+        if isinstance(s, ShotsStudy):
+            refs.append((f"studies.{i}.source", s.source))
+            refs += [(f"studies.{i}.targets.{j}", t) for j, t in enumerate(s.targets)]
+        elif isinstance(s, SourceScaleStudy):
+            refs += [(f"studies.{i}.source", s.source), (f"studies.{i}.target", s.target)]
+        else:
+            refs += [(f"studies.{i}.chain.{j}", r) for j, r in enumerate(s.chain)]
+    return refs
+
+
+def _check_regions(cfg: PipelineConfig, source: str) -> None:
+    known = builtin_regions()
+    for name in cfg.regions:
+        if name in known or not re.match(_NAME, name):
+            raise SpecError(f"{source}: regions.{name}: "
+                            + ("a built-in region has this name; pick another"
+                               if name in known else "use letters, digits and _.- only"))
+    derived = list(cfg.regions)
+    for key, ref in _region_refs(cfg):
+        if ref in known or ref in derived:
+            continue
+        if _is_path(ref):
+            p = Path(ref)
+            p = p if p.is_absolute() else cfg.base_dir / p
+            if not p.exists():
+                raise SpecError(f"{source}: {key}: no such region spec file: {p}")
+            continue
+        close = difflib.get_close_matches(ref, known + derived, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"{source}: {key}: unknown region {ref!r}{hint}; built-in: "
+                        f"{', '.join(known)}" + (f"; derived: {', '.join(derived)}"
+                                                 if derived else ""))
+    # derived regions may build on each other, but not in a circle
+    for name in cfg.regions:
+        seen = [name]
+        cur = cfg.regions[name].from_
+        while cur in cfg.regions:
+            if cur in seen:
+                raise SpecError(f"{source}: regions.{name}.from: circular "
+                                f"({' -> '.join(seen + [cur])})")
+            seen.append(cur)
+            cur = cfg.regions[cur].from_
+
+
+def resolve_region_ref(cfg: PipelineConfig, ref: str) -> str:
+    """A spec path relative to the pipeline file made absolute; names unchanged."""
+    if ref in cfg.regions or not _is_path(ref):
+        return ref
+    p = Path(ref)
+    return str(p if p.is_absolute() else (cfg.base_dir / p).resolve())
+
+
+def parse_pipeline(data: Any, *, source: str = "<pipeline>",
+                   base_dir: Path | None = None) -> PipelineConfig:
+    """Validate a mapping (parsed YAML) into a :class:`PipelineConfig`.
+
+    Raises :class:`~lsm.errors.SpecError` with one line ``file: key: message``.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a pipeline must be a YAML mapping, got "
+                        f"{type(data).__name__}")
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(_Errors(err), source)) from None  # type: ignore[arg-type]
+    cfg.base_dir = base_dir or Path(".")
+    _check_regions(cfg, source)
+    return cfg
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such pipeline file")
+    cfg = parse_pipeline(load_yaml(path), source=str(path), base_dir=path.resolve().parent)
+    cfg.source_file = path
+    return cfg
+
+
+def dump_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """The resolved pipeline (defaults filled in) as JSON-ready data."""
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------------------
+# template
+
+_TEMPLATE: dict[str, Any] = {
+    "name": "my_pipeline",
+    "description": "Few-shot transfer from Hong Kong to two data-scarce regions.",
+    "out": None,
+    "seed": 0,
+    "regions": {"hongkong-west": {"from": "hongkong", "fraction": 0.5, "order": "compact"},
+                "hongkong-east": {"from": "hongkong", "fraction": 0.5, "order": "compact",
+                                  "part": "rest"}},
+    "studies": [
+        {"kind": "shots", "id": "shots", "source": "hongkong",
+         "targets": ["jiangxi-yushan", "ecuador"], "shots": [10, 25, 50, 100]},
+        {"kind": "source_scale", "source": "hongkong", "target": "jiangxi-yushan",
+         "fractions": [0.1, 0.25, 0.5, 1.0], "shots": 50},
+        {"kind": "progressive", "chain": ["hongkong", "jiangxi-yongxin", "jiangxi-yushan"],
+         "shots": 50},
+    ],
+}
+
+
+def _flow(value: Any) -> str:
+    import yaml
+
+    if value is None:
+        return "null"
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+    return text.strip().removesuffix("...").strip()
+
+
+def _model_lines(cls: type[BaseModel], data: dict[str, Any], pad: str, first: str = "",
+                 *, all_fields: bool = True) -> list[str]:
+    """``key: value`` lines of one model, each field's description above it.
+
+    Fields missing from ``data`` are listed with their defaults (without
+    ``all_fields``, only those of the study kind itself).
+    """
+    lines: list[str] = []
+    fields = {(f.alias or k): f for k, f in cls.model_fields.items() if not f.exclude}
+    ordered = list(data) + [k for k in fields if k not in data
+                            and (all_fields or k not in _Study.model_fields)]
+    for i, key in enumerate(ordered):
+        f = fields[key]
+        value = data[key] if key in data else f.get_default(call_default_factory=True)
+        if i == 0 and first:
+            lines.append(f"{first}{key}: {_flow(value)}")
+            continue
+        if f.description:
+            lines.append(f"{pad}# {f.description}")
+        if key == "studies":
+            lines.append(f"{pad}{key}:")
+            for j, s in enumerate(value):
+                scls = _STUDY_CLASSES[s["kind"]]
+                lines.append(f"{pad}  # {s['kind']}: {scls.__doc__}")
+                own = {k: v for k, v in s.items() if j == 0 or k not in _Study.model_fields}
+                lines += _model_lines(scls, own, pad + "    ", first=pad + "  - ",
+                                      all_fields=j == 0)
+        elif key == "regions":
+            lines.append(f"{pad}{key}:")
+            for name, r in value.items():
+                lines.append(f"{pad}  {name}: {_flow(r)}")
+        else:
+            lines.append(f"{pad}{key}: {_flow(value)}")
+    return lines
+
+
+def pipeline_template() -> str:
+    """A commented pipeline YAML generated from the schema (``lsm run --template``)."""
+    head = ["# lsm pipeline: run with 'lsm run THIS_FILE.yaml'.",
+            "# Regions: built-in names, names under 'regions', or spec files relative to",
+            "# this file. Steps whose inputs are unchanged are skipped on a rerun.",
+            "# Options every study takes are listed (with their defaults) in the first one.",
+            ""]
+    return "\n".join(head + _model_lines(PipelineConfig, _TEMPLATE, "")) + "\n"
