@@ -136,8 +136,11 @@ def fit(
     factors: Annotated[str | None, typer.Option(help="Comma list of factors to use [default: "
                                                 "all the region has, less those it excludes "
                                                 "from transfer].")] = None,
-    norm: Annotated[str, typer.Option(help="Factor normalisation: target (each region with "
-                                      "its own statistics), source, none.")] = "target",
+    norm: Annotated[str, typer.Option(help="Factor normalisation across regions: target "
+                                      "(standardise each region with its own statistics), "
+                                      "quantile (each region's own percentiles -> normal "
+                                      "scores), source (the source's statistics everywhere), "
+                                      "none.")] = "target",
     device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
     cv: Annotated[bool, typer.Option(help="Spatial cross-validation before the final "
                                      "fit.")] = True,
@@ -178,8 +181,8 @@ def finetune(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Families [default: all "
                                               "in the source run].")] = None,
     repeats: Annotated[int, typer.Option(help="Repeats with different shots.")] = 10,
-    norm: Annotated[str | None, typer.Option(help="target, source or none [default: the "
-                                             "source run's].")] = None,
+    norm: Annotated[str | None, typer.Option(help="target, quantile, source or none "
+                                             "[default: the source run's].")] = None,
     prevalence: Annotated[float | None, typer.Option(help="Expected landslide share in the "
                                                      "target; corrects the base rate of "
                                                      "maps and metrics.")] = None,
@@ -309,6 +312,46 @@ def demo(
     from lsm.workflows.demo import run_demo
 
     run_demo(out=out, seed=seed, progress=not quiet, console=_console())
+
+
+@app.command(name="run")
+def run_pipeline(
+    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline YAML (see pipelines/).",
+                                                    show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder [default: the pipeline's "
+                                             "'out', or results/<name>].")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Override every study's repeats (quick "
+                                                "checks).", min=1)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every step, even those already "
+                                        "complete.")] = False,
+    template: Annotated[bool, typer.Option("--template", help="Print a commented template "
+                                           "pipeline and exit.")] = False,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run a pipeline of fits and fine-tunes; resumes where an interrupted run stopped.
+
+    Steps whose inputs are unchanged since they completed are skipped. Writes
+    <out>/results.csv (+ .parquet), summary.csv, summary.md, figures/ and pipeline.json.
+    """
+    if template:
+        from lsm.config.pipeline import pipeline_template
+
+        typer.echo(pipeline_template(), nl=False)
+        return
+    if pipeline is None:
+        raise typer.BadParameter("give a pipeline YAML file (or --template)",
+                                 param_hint="PIPELINE")
+    _set_data_dir(data_dir)
+    from lsm.config.pipeline import load_pipeline
+    from lsm.workflows.pipeline import apply_overrides, print_pipeline_summary
+    from lsm.workflows.pipeline import run_pipeline as run
+
+    overrides = {"repeats": repeats} if repeats is not None else {}
+    cfg = apply_overrides(load_pipeline(pipeline), repeats=repeats)
+    res = run(cfg, out=out, force=force, progress=not quiet, overrides=overrides,
+              command=_command())
+    print_pipeline_summary(res, _console())
 
 
 # ---------------------------------------------------------------------------

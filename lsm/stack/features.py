@@ -9,6 +9,9 @@ the chosen normalisation picks:
 - ``target`` (default): each region is standardised with its *own* statistics,
   so "steep for this region" means the same thing everywhere;
 - ``source``: every region uses the source region's statistics;
+- ``quantile``: each region's values are mapped through its *own* percentile
+  table to normal scores, so any monotone difference between regions (units,
+  a log transform in one region's SPI, skewed distances) disappears;
 - ``none``: raw values.
 
 Aspect (circular) becomes ``aspect_sin`` / ``aspect_cos`` (flat = 0, 0);
@@ -32,8 +35,8 @@ import pandas as pd
 
 from lsm.errors import FactorMismatchError
 
-Norm = Literal["target", "source", "none"]
-NORMS: tuple[str, ...] = ("target", "source", "none")
+Norm = Literal["target", "source", "quantile", "none"]
+NORMS: tuple[str, ...] = ("target", "source", "quantile", "none")
 
 
 @dataclass
@@ -108,6 +111,26 @@ def continuous_center_scale(
     return float(fs["mean"]), std
 
 
+def quantile_scores(values: np.ndarray, percentiles: list[float]) -> np.ndarray:
+    """Normal scores of ``values`` through a region's percentile table (0..100 %).
+
+    Ties in the table (a value repeated over many percentiles) map to the middle of
+    their range; scores are clipped at the 0.5 and 99.5 % levels.
+    """
+    from scipy.special import ndtri
+
+    qs = np.asarray(percentiles, dtype="float64")
+    levels = np.linspace(0.0, 1.0, qs.size)
+    uniq, first = np.unique(qs, return_index=True)
+    last = np.r_[first[1:] - 1, qs.size - 1]
+    mid = (levels[first] + levels[last]) / 2  # a flat run of the table -> its middle level
+    if uniq.size == 1:
+        p = np.full(values.shape, 0.5)
+    else:
+        p = np.interp(values, uniq, mid)
+    return ndtri(np.clip(p, 0.005, 0.995))
+
+
 def design_matrix(
     table: pd.DataFrame,
     schema: FeatureSchema,
@@ -151,6 +174,13 @@ def design_matrix(
                 )
             for cat in schema.categories[f]:
                 out[f"{f}={cat}"] = (svals == cat).astype("float64")
+        elif norm == "quantile":
+            fs = (region_stats or {}).get("factors", {}).get(f, {})
+            if "percentiles" not in fs:
+                raise FactorMismatchError(f"no percentile table for factor {f!r} (normalisation "
+                                          "'quantile'); re-run 'lsm fit' with this version")
+            v = quantile_scores(col.to_numpy(dtype="float64"), fs["percentiles"])
+            out[f] = np.where(np.isfinite(v), v, 0.0)
         else:
             mean, std = continuous_center_scale(f, norm=norm, region_stats=region_stats,
                                                 source_stats=source_stats)

@@ -15,6 +15,8 @@ import pandas as pd
 import xarray as xr
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+#: Levels of the percentile table used by the ``quantile`` normalisation.
+PERCENTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 _BINS = 4096
 
 
@@ -25,7 +27,8 @@ def _continuous_from_values(v: np.ndarray) -> dict[str, Any]:
     q = np.quantile(v, QUANTILES)
     return {"count": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
             "min": float(v.min()), "max": float(v.max()),
-            "quantiles": {f"q{int(p * 100):02d}": float(x) for p, x in zip(QUANTILES, q)}}
+            "quantiles": {f"q{int(p * 100):02d}": float(x) for p, x in zip(QUANTILES, q)},
+            "percentiles": [float(x) for x in np.quantile(v, PERCENTILE_LEVELS)]}
 
 
 def _categorical_from_values(v: Any) -> dict[str, Any]:
@@ -115,10 +118,12 @@ def stack_statistics(ds: xr.Dataset, kinds: dict[str, str], *, category_names: A
                 edges = np.linspace(lo, hi, _BINS + 1)
                 qs = {f"q{int(p * 100):02d}": float(np.interp(p, np.r_[0, cdf], edges))
                       for p in QUANTILES}
+                pct = [float(np.interp(p, np.r_[0, cdf], edges)) for p in PERCENTILE_LEVELS]
             else:
                 qs = {f"q{int(p * 100):02d}": lo for p in QUANTILES}
+                pct = [lo] * len(PERCENTILE_LEVELS)
             out[f] = {"kind": kind, "count": n, "mean": mean, "std": var ** 0.5,
-                      "min": lo, "max": hi, "quantiles": qs}
+                      "min": lo, "max": hi, "quantiles": qs, "percentiles": pct}
         elif kind == "categorical":
             codes, counts = r[1]
             keep = np.isfinite(codes)

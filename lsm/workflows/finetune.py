@@ -50,7 +50,7 @@ class FinetuneConfig(BaseModel):
     models: list[Literal["rf", "lr", "xgb", "mlp"]] | None = None
     seed: int = 0
     out: Path | None = None
-    norm: Literal["target", "source", "none"] | None = Field(
+    norm: Literal["target", "source", "quantile", "none"] | None = Field(
         None, description="Default: the source run's normalisation.")
     prevalence: float | None = Field(None, gt=0, lt=1,
                                      description="Expected landslide share in the target.")

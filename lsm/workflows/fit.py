@@ -28,7 +28,7 @@ class FitConfig(BaseModel):
     out: Path | None = Field(None, description="Run folder; default runs/<region>.")
     seed: int = 0
     factors: list[str] | None = Field(None, description="Factor subset; default all that transfer.")
-    norm: Literal["target", "source", "none"] = "target"
+    norm: Literal["target", "source", "quantile", "none"] = "target"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cv: bool = Field(True, description="Run spatial cross-validation before the final fit.")
     progress: bool = True
