@@ -186,6 +186,9 @@ def finetune(
     prevalence: Annotated[float | None, typer.Option(help="Expected landslide share in the "
                                                      "target; corrects the base rate of "
                                                      "maps and metrics.")] = None,
+    anchor: Annotated[str, typer.Option(help="Stage-2 anchoring to the source: auto (strength "
+                                        "chosen by cross-validation on the shots) or fixed "
+                                        "(each family's default).")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Run folder [default: "
                                              "runs/<source>-to-<target>-k<K>].")] = None,
     device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
@@ -209,7 +212,8 @@ def finetune(
     src = latest_run(from_run) or from_run
     cfg = FinetuneConfig(target=target, source_run=src, shots=shots, repeats=repeats,
                          models=_families(model) if model else None, seed=seed, out=out,
-                         norm=norm, prevalence=prevalence, device=device, progress=not quiet,
+                         norm=norm, prevalence=prevalence, device=device, anchor=anchor,
+                         progress=not quiet,
                          command=_command())
     metrics = run_finetune(cfg)
     print_finetune_metrics(metrics, _console())

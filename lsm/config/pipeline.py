@@ -67,7 +67,7 @@ from lsm.config.spec import builtin_regions, format_validation_error, load_yaml
 from lsm.errors import SpecError
 
 Family = Literal["rf", "lr", "xgb", "mlp"]
-Norm = Literal["target", "source", "none"]
+Norm = Literal["target", "source", "quantile", "none"]
 STUDY_KINDS = ("shots", "source_scale", "progressive")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 

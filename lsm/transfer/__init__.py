@@ -52,3 +52,50 @@ def finetune(model: Any, X: Any, y: Any, *, source: Any = None, random_state: in
     """
     return _stages(model)[1](model, X, y, source=source if source is not None else model,
                              random_state=random_state, **opts)
+
+
+#: Per family: candidate stage-2 options tried by :func:`finetune_auto`, from
+#: strong anchoring to the source (first) to weak (last).  Weak settings also
+#: get the optimisation budget to move away from the source.
+ANCHOR_GRID: dict[str, list[dict[str, Any]]] = {
+    "lr": [{"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1}],
+    "mlp": [{"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},
+            {"alpha": 1.0, "lr": 3e-3, "epochs": 200}],
+    "xgb": [{"n_rounds": 10}, {"n_rounds": 40},
+            {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3}],
+    "rf": [{"source_weight": 1500.0}, {"source_weight": 150.0}],
+}
+
+
+def finetune_auto(model: Any, X: Any, y: Any, *, source: Any = None, random_state: int = 0,
+                  n_splits: int = 3) -> tuple[Any, dict[str, Any]]:
+    """Stage 2 with the anchoring strength chosen by cross-validation on the shots.
+
+    How much to trust the source is a property of the source/target pair:
+    when the shots say the source is wrong, a weak anchor wins; when they are
+    few or noisy, a strong one.  Each candidate of :data:`ANCHOR_GRID` is
+    scored by the held-out log-loss over a stratified ``n_splits``-fold split
+    of the shots (stage 1 re-run on each training part), and the best is
+    refitted on all shots.  Returns the model and the chosen options.
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    source = source if source is not None else model
+    grid = ANCHOR_GRID[getattr(model, "family", "")]
+    y_arr = np.asarray(y)
+    if np.bincount(y_arr.astype(int)).min() < n_splits:  # too few shots to split
+        opts = grid[len(grid) // 2]
+        return finetune(model, X, y, source=source, random_state=random_state, **opts), opts
+    losses = np.zeros(len(grid))
+    folds = StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
+    take = (lambda a, i: a.iloc[i]) if hasattr(X, "iloc") else (lambda a, i: a[i])
+    for tr, va in folds.split(np.zeros(len(y_arr)), y_arr):
+        Xtr, ytr, Xva, yva = take(X, tr), y_arr[tr], take(X, va), y_arr[va]
+        s1 = adapt(source, Xtr, ytr, random_state=random_state)
+        for i, opts in enumerate(grid):
+            m = finetune(s1, Xtr, ytr, source=source, random_state=random_state, **opts)
+            p = np.clip(m.predict_proba(Xva)[:, 1], 1e-6, 1 - 1e-6)
+            losses[i] -= np.mean(yva * np.log(p) + (1 - yva) * np.log(1 - p))
+    opts = grid[int(np.argmin(losses))]
+    return finetune(model, X, y, source=source, random_state=random_state, **opts), opts

@@ -127,12 +127,18 @@ def finetune_rf(model: Any, X: Any, y: Any, *, source: Any = None,
         n_new = max(1, round(n_old * len(y01) / source_weight))
     if n_new < 1:
         raise ValueError(f"n_new must be >= 1, got {n_new!r}")
+    # a few hundred shots: thread start-up costs more than it saves
     grown = RandomForestClassifier(n_estimators=n_new, min_samples_leaf=min_samples_leaf,
-                                   max_features=max_features, n_jobs=model.n_jobs,
+                                   max_features=max_features,
+                                   n_jobs=1 if len(y01) < 2000 else model.n_jobs,
                                    random_state=random_state)
     grown.fit(X, y01.astype(np.intp))
-    out = copy.deepcopy(model)
-    out.forest_.estimators_ = [*out.forest_.estimators_, *grown.estimators_]
+    # the kept trees are shared, not copied: no stage ever changes a tree in place
+    # (adapt_rf writes leaf values into its own deep copy), and copying 300 deep
+    # trees costs more than growing the new ones
+    out = copy.copy(model)
+    out.forest_ = copy.copy(model.forest_)
+    out.forest_.estimators_ = [*model.forest_.estimators_, *grown.estimators_]
     out.forest_.n_estimators = len(out.forest_.estimators_)
     return out
 

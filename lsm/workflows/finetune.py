@@ -28,7 +28,7 @@ from lsm.io.artifacts import write_json
 from lsm.models.base import FAMILY_NAMES
 from lsm.sampling.shots import draw_shots, holdout_mask
 from lsm.stack.features import design_matrix
-from lsm.transfer import adapt, finetune
+from lsm.transfer import adapt, finetune, finetune_auto
 from lsm.transfer.prior import prior_shift
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
@@ -55,6 +55,9 @@ class FinetuneConfig(BaseModel):
     prevalence: float | None = Field(None, gt=0, lt=1,
                                      description="Expected landslide share in the target.")
     test_fraction: float = Field(0.3, gt=0.05, lt=0.9)
+    anchor: Literal["auto", "fixed"] = Field(
+        "auto", description="Stage-2 anchoring strength: chosen by cross-validation on the "
+        "shots (auto) or each family's fixed default.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     command: str | None = Field(None, description="Command line that reproduces the run.")
@@ -160,6 +163,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     per_repeat: dict[str, dict[str, list[dict[str, float]]]] = {
         f: {a: [] for a in ARMS} for f in families}
     timings: dict[str, list[float]] = {f: [] for f in families}
+    anchors: dict[str, list[dict[str, float]]] = {f: [] for f in families}
     delivered: dict[str, Any] = {}
     out = Path(cfg.out or Path("runs") / f"{run.region}-to-{tspec.name}-k{cfg.shots}")
     imbalanced = abs(test_prev - 0.5) > 0.1
@@ -179,7 +183,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                                     .fit(Xs, ys), 0.5),
                 }
                 s1 = adapt(src, Xs, ys, random_state=cfg.seed + r)
-                s2 = finetune(s1, Xs, ys, source=src, random_state=cfg.seed + r)
+                if cfg.anchor == "auto":
+                    s2, chosen = finetune_auto(s1, Xs, ys, source=src, random_state=cfg.seed + r)
+                    anchors[fam].append(chosen)
+                else:
+                    s2 = finetune(s1, Xs, ys, source=src, random_state=cfg.seed + r)
                 timings[fam].append(time.perf_counter() - t0)
                 arms["stage1"] = (s1, 0.5)
                 arms["stage2"] = (s2, 0.5)
@@ -202,6 +210,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "models": {f: {a: summarize(per_repeat[f][a]) for a in ARMS} for f in families},
         "repeats_detail": {f: {a: per_repeat[f][a] for a in ARMS} for f in families},
         "seconds_per_repeat": {f: float(np.mean(timings[f])) for f in families},
+        "anchor": cfg.anchor, "anchor_chosen": anchors,
     }
     out.mkdir(parents=True, exist_ok=True)
     save_models(out, delivered)

@@ -1080,6 +1080,9 @@ def plot_progressive(df: pd.DataFrame, path: Path, *, metric: str = "auc",
         else:
             axes[0][0].set_ylim(0, max(hi, math.log(2)) * 1.15)
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        # bars first, reference lines last
+        pairs = sorted(zip(handles, labels), key=lambda hl: hasattr(hl[0], "get_xydata"))
+        fig.legend([h for h, _ in pairs], [lab for _, lab in pairs], loc="outside lower center",
+                   ncol=2, frameon=False)
         fig.suptitle(title or f"{label.split(',')[0]}: chained vs direct transfer")
     return Path(path)
