@@ -132,8 +132,8 @@ def fit(
                                         "name or spec path.")] = "hongkong",
     model: Annotated[str, typer.Option("--model", "-m", help="Families: rf,lr,xgb,mlp or "
                                        "'all'.")] = "all",
-    out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<region>].")] = None,
-    factors: Annotated[str | None, typer.Option(help="Comma list of factors to use [default: "
+    out: Annotated[Path | None, typer.Option(help="Run folder \\[default: runs/<region>].")] = None,
+    factors: Annotated[str | None, typer.Option(help="Comma list of factors to use \\[default: "
                                                 "all the region has, less those it excludes "
                                                 "from transfer].")] = None,
     norm: Annotated[str, typer.Option(help="Factor normalisation across regions: target "
@@ -178,18 +178,18 @@ def finetune(
                                        "non-landslides) from the target.")] = 50,
     from_run: Annotated[Path, typer.Option("--from", help="Source run folder (a fit or "
                                            "finetune run).")] = Path("runs/hongkong"),
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Families [default: all "
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Families \\[default: all "
                                               "in the source run].")] = None,
     repeats: Annotated[int, typer.Option(help="Repeats with different shots.")] = 10,
     norm: Annotated[str | None, typer.Option(help="target, quantile, source or none "
-                                             "[default: the source run's].")] = None,
+                                             "\\[default: the source run's].")] = None,
     prevalence: Annotated[float | None, typer.Option(help="Expected landslide share in the "
                                                      "target; corrects the base rate of "
                                                      "maps and metrics.")] = None,
     anchor: Annotated[str, typer.Option(help="Stage-2 anchoring to the source: auto (strength "
                                         "chosen by cross-validation on the shots) or fixed "
                                         "(each family's default).")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Run folder [default: "
+    out: Annotated[Path | None, typer.Option(help="Run folder \\[default: "
                                              "runs/<source>-to-<target>-k<K>].")] = None,
     device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
     predict: Annotated[bool, typer.Option(help="Write susceptibility maps.")] = True,
@@ -237,12 +237,12 @@ def _after_training(run_dir: Path, *, predict: bool, explain: bool, quiet: bool)
 def predict(
     run: Annotated[Path, typer.Option("--run", help="A fit or finetune run folder.")],
     region: Annotated[str | None, typer.Option("--region", "-r", help="Raster region to map "
-                                               "[default: the run's region].")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="One family [default: "
+                                               "\\[default: the run's region].")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="One family \\[default: "
                                               "the run's best by AUC].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder [default: <run>/maps].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder \\[default: <run>/maps].")] = None,
     thresholds: Annotated[str | None, typer.Option(help="Four increasing zone thresholds, e.g. "
-                                                   "0.2,0.4,0.6,0.8 [default: quantiles "
+                                                   "0.2,0.4,0.6,0.8 \\[default: quantiles "
                                                    "20/40/60/80%].")] = None,
     prevalence: Annotated[float | None, typer.Option(help="Expected landslide share; shifts "
                                                      "the map's base rate.")] = None,
@@ -283,6 +283,15 @@ def predict(
 @app.command()
 def explain(
     run: Annotated[Path, typer.Option("--run", help="A fit or finetune run folder.")],
+    shap_maps: Annotated[bool, typer.Option("--shap-maps", help="Also write per-pixel SHAP "
+                                            "GeoTIFFs of the top factors (raster "
+                                            "regions).")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Family for --shap-maps "
+                                              "\\[default: the run's best].")] = None,
+    region: Annotated[str | None, typer.Option("--region", "-r", help="Raster region for "
+                                               "--shap-maps \\[default: the run's].")] = None,
+    top: Annotated[int, typer.Option(help="Number of factors for --shap-maps.")] = 3,
+    data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
     """SHAP explanations of a run's models (importance bars and beeswarms).
@@ -290,15 +299,22 @@ def explain(
     For a fine-tuned run it also shows factor importance in the source model next to
     the fine-tuned one: what the transfer changed.
     """
+    _set_data_dir(data_dir)
     from lsm.workflows.outputs import explain_run
+    from lsm.workflows.outputs import shap_maps as write_shap_maps
     from lsm.workflows.runs import load_run
 
-    res = explain_run(load_run(run))
+    loaded = load_run(run)
+    res = explain_run(loaded)
     con = _console()
     for fam, e in res.items():
-        top = sorted(e["importance"].items(), key=lambda kv: -kv[1])[:5]
-        con.print(f"{fam}: " + ", ".join(f"{k} {v:.3f}" for k, v in top))
+        best = sorted(e["importance"].items(), key=lambda kv: -kv[1])[:5]
+        con.print(f"{fam}: " + ", ".join(f"{k} {v:.3f}" for k, v in best))
     con.print(f"figures -> {run / 'figures'}/")
+    if shap_maps:
+        for p in write_shap_maps(loaded, family=model, region=region, top=top,
+                                 progress=not quiet):
+            con.print(f"SHAP map -> {p}")
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +323,7 @@ def explain(
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Folder for the demo regions [default: "
+    out: Annotated[Path | None, typer.Option(help="Folder for the demo regions \\[default: "
                                              "the cache, or LSM_DEMO_DIR].")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -322,8 +338,8 @@ def demo(
 def run_pipeline(
     pipeline: Annotated[Path | None, typer.Argument(help="Pipeline YAML (see pipelines/).",
                                                     show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(help="Results folder [default: the pipeline's "
-                                             "'out', or results/<name>].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: the pipeline's "
+                                             "'out', or results/<name>).")] = None,
     repeats: Annotated[int | None, typer.Option(help="Override every study's repeats (quick "
                                                 "checks).", min=1)] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every step, even those already "

@@ -20,9 +20,9 @@ Top level:
 ``regions``
     Derived regions, usable wherever a region is named: ``{from: REGION,
     fraction: F, part: first|rest, order: random|compact, block_size: B}``
-    takes the spatial blocks of ``from`` in a seeded order until a share
-    ``F`` of its points is reached (``part: first``) or keeps the other
-    blocks (``part: rest``).  ``order: random`` spreads the blocks over the
+    takes the spatial blocks of ``from`` in a seeded order until their share
+    of its points comes closest to ``F`` (``part: first``), or keeps the
+    other blocks (``part: rest``).  ``order: random`` spreads the blocks over the
     region; ``compact`` grows one contiguous area from a seeded start block.
 ``studies``
     A list; each has a ``kind``:
@@ -89,7 +89,7 @@ class DerivedRegion(_Model):
         "random", description="Block order: seeded random (spread out) or compact (one "
         "contiguous area grown from a seeded start block).")
     block_size: float | None = Field(None, gt=0, description="Block edge in map units; "
-                                     "default a tenth of the longer extent.")
+                                     "default a twentieth of the longer extent.")
     seed: int | None = Field(None, description="Block order seed; default the pipeline's.")
 
 
@@ -295,7 +295,8 @@ def parse_pipeline(data: Any, *, source: str = "<pipeline>",
     try:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(_Errors(err), source)) from None  # type: ignore[arg-type]
+        errors: Any = _Errors(err)  # duck-types ValidationError.errors()
+        raise SpecError(format_validation_error(errors, source)) from None
     cfg.base_dir = base_dir or Path(".")
     _check_regions(cfg, source)
     return cfg

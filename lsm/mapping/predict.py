@@ -36,6 +36,8 @@ def predict_raster(
     *,
     factors: Sequence[str],
     dtype: str | np.dtype = "float32",
+    value_range: tuple[float, float] | None = (0.0, 1.0),
+    name: str = NAME,
 ) -> xr.DataArray:
     """Predict ``P(landslide)`` for every pixel of a factor stack, block by block.
 
@@ -54,6 +56,11 @@ def predict_raster(
         Names of the factors the model takes, in the model's order.
     dtype
         Floating dtype of the result.
+    value_range
+        Values ``predict_fn`` may return (rounding aside); ``None`` for
+        unbounded outputs such as per-pixel SHAP values.
+    name
+        Name of the result.
 
     Returns
     -------
@@ -95,7 +102,7 @@ def predict_raster(
                 f"factor {f!r} has dims {stack[f].dims}, {factors[0]!r} has {first.dims}"
             )
 
-    block_fn = _BlockPredictor(predict_fn, factors, dtype)
+    block_fn = _BlockPredictor(predict_fn, factors, dtype, value_range)
     if any(stack[f].chunks is not None for f in factors):
         data = _predict_dask([stack[f].data for f in factors], block_fn, dtype)
     else:
@@ -105,8 +112,9 @@ def predict_raster(
         data,
         dims=first.dims,
         coords={d: stack.coords[d] for d in first.dims if d in stack.coords},
-        name=NAME,
-        attrs={"long_name": "P(landslide)", "factors": ",".join(factors)},
+        name=name,
+        attrs={"long_name": "P(landslide)" if name == NAME else name,
+               "factors": ",".join(factors)},
     )
     if stack.rio.crs is not None:
         out = out.rio.write_crs(stack.rio.crs)
@@ -117,10 +125,12 @@ def predict_raster(
 class _BlockPredictor:
     """Predicts one block: table of the all-finite pixels -> probabilities."""
 
-    def __init__(self, predict_fn: PredictFn, factors: list[str], dtype: np.dtype):
+    def __init__(self, predict_fn: PredictFn, factors: list[str], dtype: np.dtype,
+                 value_range: tuple[float, float] | None = (0.0, 1.0)):
         self.predict_fn = predict_fn
         self.factors = factors
         self.dtype = dtype
+        self.value_range = value_range
 
     def __call__(self, *blocks: np.ndarray) -> np.ndarray:
         shape = blocks[0].shape
@@ -137,14 +147,18 @@ class _BlockPredictor:
             raise ValueError(
                 f"predict_fn returned {prob.shape[0]} values for a table of {n} rows"
             )
+        if self.value_range is None:
+            out[valid] = prob
+            return out
+        lo, hi = self.value_range
         # Rounding may overshoot [0, 1] by a hair; anything more is a model bug.
-        bad = ~((prob >= -_TOL) & (prob <= 1.0 + _TOL))
+        bad = ~((prob >= lo - _TOL) & (prob <= hi + _TOL))
         if bad.any():
             raise ValueError(
-                f"predict_fn returned {int(bad.sum())} value(s) outside [0, 1] or NaN "
-                f"(e.g. {prob[bad][0]!r})"
+                f"predict_fn returned {int(bad.sum())} value(s) outside [{lo:g}, {hi:g}] or "
+                f"NaN (e.g. {prob[bad][0]!r})"
             )
-        out[valid] = np.clip(prob, 0.0, 1.0)
+        out[valid] = np.clip(prob, lo, hi)
         return out
 
 

@@ -15,7 +15,8 @@ skips a step whose ``step.json`` has the same key and whose files are
 unchanged; any other step's folder is emptied and the step redone.  A
 crash therefore never leaves a step that looks complete, and changing an
 input (``repeats``, a region's data) redoes exactly the steps downstream
-of it.
+of it.  Changes to lsm's own code are not seen (the key holds the lsm
+version and :data:`STEP_VERSIONS` only): use ``--force`` after editing it.
 
 Layout of a results folder::
 
@@ -67,6 +68,8 @@ from lsm.workflows.runs import now_iso, package_versions
 
 STEP_JSON = "step.json"
 STEP_FORMAT = 1
+#: Bumped when what a step kind computes changes, so older outputs are redone.
+STEP_VERSIONS = {"derive": 2, "fit": 1, "finetune": 1}
 METRIC_ORDER = ("auc", "log_loss", "brier", "accuracy")
 ID_COLUMNS = ("study", "kind", "source", "target", "chain", "route", "norm", "fraction",
               "n_source", "family", "arm", "shots")
@@ -250,9 +253,10 @@ def block_subset(table: pd.DataFrame, fraction: float, *, part: str = "first",
                  ) -> tuple[np.ndarray, float | None]:
     """Rows of ``table`` in the first spatial blocks holding ``fraction`` of its points.
 
-    Blocks are put in one seeded order (``random``, or ``compact``: by distance
-    from a seeded start block), so for a fixed seed a smaller fraction is
-    always inside a larger one.  ``part="rest"`` returns the other rows.
+    Blocks (default edge: a twentieth of the longer extent) are put in one
+    seeded order (``random``, or ``compact``: by distance from a seeded start
+    block) and taken until the share of points comes closest to ``fraction``,
+    so for a fixed seed a smaller fraction is always inside a larger one.  ``part="rest"`` returns the other rows.
     Without coordinates every row is its own block.  Returns the boolean mask
     and the block size used.
 
@@ -269,7 +273,7 @@ def block_subset(table: pd.DataFrame, fraction: float, *, part: str = "first",
     rng = np.random.default_rng(seed)
     if has_xy:
         x, y = table["x"].to_numpy("float64"), table["y"].to_numpy("float64")
-        bs = block_size or default_block_size(x, y, per_side=10)
+        bs = block_size or default_block_size(x, y, per_side=20)
         ids = block_ids(x, y, bs)
     else:
         x = y = np.zeros(n)
@@ -282,8 +286,9 @@ def block_subset(table: pd.DataFrame, fraction: float, *, part: str = "first",
         ranked = np.argsort(np.hypot(cx - cx[start], cy - cy[start]), kind="stable")
     else:
         ranked = rng.permutation(len(uniq))
+    # the block count whose point total comes closest to the fraction asked
     cum = np.cumsum(counts[ranked])
-    m = min(int(np.searchsorted(cum, fraction * n - 1e-9, side="left")) + 1, len(uniq))
+    m = int(np.argmin(np.abs(cum - fraction * n))) + 1
     mask = np.isin(inverse, ranked[:m])
     return (~mask if part == "rest" else mask), bs
 
@@ -387,6 +392,15 @@ class PipelineResult:
         return sum(s.status == status for s in self.steps.values())
 
 
+def _lsm_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lsm")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _hash_obj(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str, allow_nan=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -444,7 +458,8 @@ class _Runner:
     def key(self, step: Step) -> tuple[str, dict[str, str]]:
         inputs = {f"region:{role}": self.region_hash(ref) for role, ref in step.regions.items()}
         inputs.update({f"step:{u}": self.state[u].output_hash for u in step.upstream})
-        return _hash_obj({"format": STEP_FORMAT, "kind": step.kind, "config": step.config,
+        return _hash_obj({"format": STEP_FORMAT, "version": STEP_VERSIONS[step.kind],
+                          "lsm": _lsm_version(), "kind": step.kind, "config": step.config,
                           "inputs": inputs}), inputs
 
     def completed(self, step: Step, key: str) -> dict[str, Any] | None:
@@ -858,9 +873,12 @@ def summary_markdown(res: PipelineResult, meta: dict[str, Any]) -> str:
     if cfg.description:
         lines += [cfg.description.strip(), ""]
     commit = git.get("commit")
+    code = "not in a git repository"
+    if commit:
+        code = commit[:12] + (" (with uncommitted changes)" if git.get("dirty") else "")
     lines += [
         f"- pipeline file: `{meta.get('pipeline_file')}`",
-        f"- code: {commit[:12] + (' (with uncommitted changes)' if git.get('dirty') else '') if commit else 'not in a git repository'}",  # noqa: E501
+        f"- code: {code}",
         f"- finished: {now_iso()}; {meta['machine']['cpu_count']} CPUs, "
         f"{meta['machine']['platform']}",
         f"- steps: {len(res.steps)} ({res.count('ran')} run, {res.count('reused')} reused, "
@@ -940,7 +958,7 @@ def make_figures(cfg: PipelineConfig, summary: pd.DataFrame, folder: Path
                         paths.append(plot_shots_curve(
                             t, p, metric=metric,
                             title=f"{name} on {tgt} after transfer from {src}\n"
-                                  f"line: mean, band: ± std over {study.repeats} repeats"
+                                  f"line: mean, band: ± std over {_n(study.repeats, 'repeat')}"
                                   f"{'; ' + norm + ' norm' if norms_many else ''}"))
                 elif isinstance(study, SourceScaleStudy):
                     tgt = d["target"].iloc[0]
@@ -949,7 +967,7 @@ def make_figures(cfg: PipelineConfig, summary: pd.DataFrame, folder: Path
                         d, p, metric=metric,
                         title=f"{name} on {tgt} by source size ({study.source} subsets, "
                               f"K={study.shots})\nline: mean, band: ± std over "
-                              f"{study.repeats} repeats"))
+                              f"{_n(study.repeats, 'repeat')}"))
                 else:
                     tgt = _display(cfg, study.chain[-1])
                     final = d[d["target"] == tgt]
@@ -957,8 +975,12 @@ def make_figures(cfg: PipelineConfig, summary: pd.DataFrame, folder: Path
                     paths.append(plot_progressive(
                         final, p, metric=metric,
                         title=f"{name} on {tgt}: chained vs direct transfer (K={study.shots})"
-                              f"\nbars: mean, whiskers: ± std over {study.repeats} repeats"))
+                              f"\nbars: mean, whiskers: ± std over {_n(study.repeats, 'repeat')}"))
     return out
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _family_axes(n: int) -> tuple[int, int]:
