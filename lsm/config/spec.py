@@ -394,7 +394,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def parse_region(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> RegionSpec:
     """Validate a mapping (parsed YAML) into a :class:`RegionSpec`."""
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a region spec must be a YAML mapping, got {type(data).__name__}")
+        raise SpecError(f"{source}: a region spec must be a YAML mapping, "
+                        f"got {type(data).__name__}")
     try:
         spec = RegionSpec.model_validate(data)
     except ValidationError as err:
@@ -430,7 +431,8 @@ def resolve_region_path(name_or_path: str | Path) -> Path | None:
     if cand.exists():
         return cand
     raise SpecError(
-        f"{name!r}: not a spec file nor a built-in region (built-in: {', '.join(builtin_regions())})"
+        f"{name!r}: not a spec file nor a built-in region "
+        f"(built-in: {', '.join(builtin_regions())})"
     )
 
 

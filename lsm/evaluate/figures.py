@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,17 +68,12 @@ def save_figure(fig: Figure, path: PathLike) -> Path:
 
     The format follows the suffix (``.png`` unless another is given).
     """
+    from lsm.io.artifacts import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -8,10 +8,12 @@ files were changed, truncated or removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +32,49 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file + rename (never half-written)."""
+def chmod_default(path: str | os.PathLike[str]) -> None:
+    """Give a temp file the permissions a plain ``open()`` would (mkstemp uses 0600)."""
+    # Read the umask rather than set it: os.umask() is process-wide and racy.
+    mask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    os.chmod(path, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` when the block ends.
+
+    On any exception (Ctrl-C included) the temp file is removed and ``path``
+    is left as it was: a reader never sees a half-written file.
+
+    Example
+    -------
+    >>> with atomic_path("out/table.csv") as tmp:      # doctest: +SKIP
+    ...     df.to_csv(tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        chmod_default(tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file + rename (never half-written)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _json_default(o: Any) -> Any:

@@ -42,6 +42,8 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import xarray as xr
 
+from lsm.io.artifacts import chmod_default
+
 if TYPE_CHECKING:
     from dask.delayed import Delayed
 
@@ -254,10 +256,10 @@ class _RasterJob:
             sidecars = [(dst, _write_temp_text(folder, dst.name, text, temps))
                         for dst, text in self.sidecars.items()]
             for dst, tmp in sidecars:
-                _chmod_default(tmp)
+                chmod_default(tmp)
                 os.replace(tmp, dst)
                 placed.append(dst)
-            _chmod_default(final)
+            chmod_default(final)
             os.replace(final, self.path)
         except BaseException:
             # Sidecars already moved into place describe a file that never came.
@@ -357,20 +359,6 @@ def _write_temp_text(folder: Path, name: str, text: str, temps: list[Path]) -> P
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     return Path(tmp)
-
-
-def _chmod_default(path: Path) -> None:
-    """Give a temp file the permissions a plain ``open()`` would (mkstemp uses 0600)."""
-    # Read the umask rather than set it: os.umask() is process-wide and racy.
-    mask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    mask = int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _remove(path: Path) -> None:

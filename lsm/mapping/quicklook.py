@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -293,28 +292,8 @@ def _north_arrow(ax) -> None:
 
 
 def _save_atomic(fig, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        _chmod_default(tmp)
+    from lsm.io.artifacts import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def _chmod_default(path: str) -> None:
-    """Give a temp file the permissions a plain ``open()`` would (mkstemp uses 0600)."""
-    # Read the umask rather than set it: os.umask() is process-wide and racy.
-    mask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    mask = int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    os.chmod(path, 0o666 & ~mask)

@@ -78,7 +78,8 @@ def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
     first = next(iter(infos.values()))
     crs = CRS.from_user_input(spec.crs) if spec.crs else first.crs
     if crs is None:
-        raise SpecError(f"{_where(spec, 'crs')}: {first.path.name} has no CRS; set 'crs' in the spec")
+        raise SpecError(f"{_where(spec, 'crs')}: {first.path.name} has no CRS; "
+                        "set 'crs' in the spec")
     if first.crs != crs:
         tr, w, h = calculate_default_transform(first.crs, crs, first.width, first.height,
                                                *first.bounds, resolution=spec.resolution)

@@ -13,11 +13,13 @@ def run_demo(*, out: Path | None = None, seed: int = 0, progress: bool = True,
     fine-tune on the target; return the fit and fine-tune metrics."""
     from lsm.config.spec import load_region
     from lsm.datasets.demo import ensure_demo
-    from lsm.workflows.fit import FitConfig, run_fit
     from lsm.workflows.finetune import FinetuneConfig, run_finetune
+    from lsm.workflows.fit import FitConfig, run_fit
     from lsm.workflows.region import load_region_data
     from lsm.workflows.report import (
-        print_finetune_metrics, print_fit_metrics, print_region_summary,
+        print_finetune_metrics,
+        print_fit_metrics,
+        print_region_summary,
     )
 
     t0 = time.perf_counter()

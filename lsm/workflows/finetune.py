@@ -25,7 +25,6 @@ from lsm.config.spec import dump_region, load_region, parse_region
 from lsm.errors import ArtifactError, FactorMismatchError
 from lsm.evaluate.metrics import binary_metrics, summarize
 from lsm.io.artifacts import write_json
-from lsm.models.base import FAMILY_NAMES
 from lsm.sampling.shots import draw_shots, holdout_mask
 from lsm.stack.features import design_matrix
 from lsm.transfer import adapt, finetune, finetune_auto

@@ -44,7 +44,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,12 +54,16 @@ import numpy as np
 import pandas as pd
 
 from lsm.config.pipeline import (
-    PipelineConfig, ProgressiveStudy, ShotsStudy, SourceScaleStudy, dump_pipeline,
+    PipelineConfig,
+    ProgressiveStudy,
+    ShotsStudy,
+    SourceScaleStudy,
+    dump_pipeline,
     resolve_region_ref,
 )
 from lsm.config.spec import dump_region, load_region
 from lsm.errors import LsmError, SamplingError
-from lsm.io.artifacts import read_json, sha256_file, write_json
+from lsm.io.artifacts import atomic_path, read_json, sha256_file, write_json
 from lsm.workflows.finetune import FinetuneConfig, run_finetune
 from lsm.workflows.fit import FitConfig, run_fit
 from lsm.workflows.progress import progress_bar
@@ -256,7 +259,8 @@ def block_subset(table: pd.DataFrame, fraction: float, *, part: str = "first",
     Blocks (default edge: a twentieth of the longer extent) are put in one
     seeded order (``random``, or ``compact``: by distance from a seeded start
     block) and taken until the share of points comes closest to ``fraction``,
-    so for a fixed seed a smaller fraction is always inside a larger one.  ``part="rest"`` returns the other rows.
+    so for a fixed seed a smaller fraction is always inside a larger one.
+    ``part="rest"`` returns the other rows.
     Without coordinates every row is its own block.  Returns the boolean mask
     and the block size used.
 
@@ -673,18 +677,11 @@ def _pipeline_meta(cfg: PipelineConfig, overrides: dict[str, Any], command: str 
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _notes(state: dict[str, StepState]) -> list[str]:
@@ -1004,7 +1001,12 @@ def plot_source_scale(df: pd.DataFrame, path: Path, *, metric: str = "auc",
     from matplotlib.ticker import FixedLocator, NullLocator
 
     from lsm.evaluate.figures import (
-        ARM_COLORS, ARM_LABELS, ARMS, FAMILY_LABELS, METRIC_LABELS, new_figure,
+        ARM_COLORS,
+        ARM_LABELS,
+        ARMS,
+        FAMILY_LABELS,
+        METRIC_LABELS,
+        new_figure,
     )
 
     families = [f for f in _FAM_ORDER if f in set(df["family"])] + \

@@ -28,7 +28,11 @@ def progress_bar(description: str, total: int, *, enabled: bool = True) -> Itera
         return
     from rich.console import Console
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
     )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -151,7 +151,10 @@ def _inventory(spec: RegionSpec, crs: Any, checksums: dict[str, str], progress: 
 
 def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> RegionData:
     from lsm.sampling.points import (
-        extract_values, pixel_index, polygon_pixels, sample_absences,
+        extract_values,
+        pixel_index,
+        polygon_pixels,
+        sample_absences,
     )
     from lsm.stack.build import build_stack, stack_grid, valid_mask
     from lsm.stack.stats import stack_statistics
