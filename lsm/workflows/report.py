@@ -32,6 +32,12 @@ def print_region_summary(data: RegionData, console: Any) -> None:
         ds = data.stack
         chunks = ds[next(iter(ds.data_vars))].data.chunksize
         console.print(f"grid: {stack_grid(ds).describe()}; dask chunks {chunks}")
+    elif {"x", "y"} <= set(data.table.columns):
+        t = data.table
+        console.print(f"points in {t.attrs.get('crs') or 'an unstated CRS'}, extent "
+                      f"({t.x.min():.1f}, {t.y.min():.1f}, {t.x.max():.1f}, {t.y.max():.1f})")
+    else:
+        console.print("no coordinates (slope units or similar): folds and hold-outs are random")
     t = Table("factor", "kind", "count", "mean", "std", "min", "median", "max", "categories",
               title="factors (statistics over the whole " +
               ("table" if spec.is_table else "stack") + ")")
