@@ -130,17 +130,20 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         warnings.warn(n, UserWarning, stacklevel=2)
     models = run.models
     retrained = False
-    if factors != run.schema.factors:
+    if factors != run.schema.factors or norm != run.norm:
+        why = (f"the target shares only {factors}" if factors != run.schema.factors
+               else f"--norm {norm} differs from the run's {run.norm!r}")
         if run.meta.get("kind") != "fit":
             raise ArtifactError(
-                f"{run.path}: this {run.meta.get('kind')} run uses factors {run.schema.factors} "
-                f"but the target shares only {factors}; re-pretraining is possible from a fit "
-                "run only (use 'lsm fit --factors ...')")
+                f"{run.path}: this {run.meta.get('kind')} run uses factors {run.schema.factors}"
+                f" and norm {run.norm!r}, but {why}; re-pretraining is possible from a fit run "
+                "only (use 'lsm fit --factors ... --norm ...')")
         models = _repretrain(run, factors, families, norm=norm, seed=cfg.seed,
                              device=cfg.device, progress=cfg.progress)
         retrained = True
-        notes.append(f"source models re-pretrained on the {len(factors)} shared factors "
-                     f"(the source run used {len(run.schema.factors)})")
+        notes.append(f"source models re-pretrained on the {len(factors)} shared factors with "
+                     f"norm {norm!r} (the source run used {len(run.schema.factors)} factors, "
+                     f"norm {run.norm!r})")
 
     schema = run.schema.restrict(factors)
     # categories unseen in the source are "unknown" for the target: keep the source list

@@ -206,3 +206,15 @@ def test_prevalence_correction_reported(source_run: Path, demo_dir: Path,
         a = src.read(1)
     # prior shift to 5 % prevalence: the map's mean probability drops well below 0.5
     assert np.nanmean(a) < 0.2
+
+
+def test_norm_override_repretrains_with_that_norm(source_run: Path, demo_dir: Path,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--target", str(demo_dir / "demo-target.yaml"), "--from",
+               str(source_run), "--shots", "10", "--repeats", "1", "--model", "lr", "--norm",
+               "none", "--out", str(out), "-q", "--no-predict", "--no-explain"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["norm"] == "none" and m["source_retrained"] is True
+    assert json.loads((out / "model.json").read_text())["norm"] == "none"
