@@ -129,10 +129,11 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
     Each pixel's value is the factor's contribution to the model output (in
     the explainer's units: log-odds for lr/xgb/mlp, probability for rf),
     computed over the lazy stack like prediction and written as float32 COGs.
-    Tree SHAP of a random forest costs ~0.1 s per pixel: prefer xgb or lr.
+    xgb and lr are fast (native TreeSHAP, closed form); SHAP of a random forest
+    or the MLP over every pixel is slow: prefer xgb or lr for maps.
     """
     from lsm.config.spec import load_region
-    from lsm.explain.shap_values import explain_model, factor_importance, grouped_values
+    from lsm.explain.shap_values import explain_model, factor_importance, pixel_contributions
     from lsm.io.raster_write import write_probability_cog
     from lsm.mapping.predict import predict_raster
     from lsm.stack.clean import name_categories
@@ -152,8 +153,7 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
     def contributions(table: pd.DataFrame) -> pd.DataFrame:
         X = design_matrix(name_categories(table, spec), run.schema, norm=run.norm,
                           region_stats=stats, source_stats=source_stats, warn_unknown=False)
-        res = explain_model(model, X_bg, X, max_explain=len(X), max_background=50)
-        return grouped_values(res).reindex(X.index)
+        return pixel_contributions(model, X, X_bg)
 
     sample = X_bg.sample(min(300, len(X_bg)), random_state=0)
     ranked = list(factor_importance(explain_model(model, X_bg, sample)).index)[:top]
