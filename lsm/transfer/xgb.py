@@ -13,6 +13,12 @@ with ``blend = 0.5`` by default.  On synthetic shifted targets a half blend
 beat both the source and the full refresh at 20, 50 and 200 shots; the full
 refresh was worse than the source below ~50 shots.
 
+Before the refresh, stage 1 re-fits the model's base score (one logit offset,
+maximum likelihood on the shots).  A source trained at another prevalence
+(e.g. 3 % landslides) predicts near 0 for most shots; the refresh and later
+boosting rounds then see tiny hessians and barely move.  Shifting the base
+score first puts the shots on the balanced scale they were drawn at.
+
 Stage 2, :func:`finetune_xgb`: a few more boosting rounds on the shots on top
 of the stage-1 model (default 20 rounds of depth-2 trees, ``eta = 0.05``,
 ``lambda = 10``): small, strongly regularised corrections that the source
@@ -64,7 +70,7 @@ def adapt_xgb(model: Any, X: Any, y: Any, *, random_state: int | None = 0,
     if not 0.0 <= blend <= 1.0:
         raise ValueError(f"blend must lie in [0, 1], got {blend!r}")
     X, y01 = check_shots(model, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
-    source = model.booster_
+    source = _shift_base_score(model.booster_, X, y01)
     params = {"process_type": "update", "updater": "refresh", "refresh_leaf": 1,
               "lambda": reg_lambda, "verbosity": 0, "nthread": _STAGE_THREADS}
     dtrain = xgb.DMatrix(X, label=y01, missing=np.nan, nthread=_STAGE_THREADS)
@@ -114,6 +120,33 @@ def finetune_xgb(model: Any, X: Any, y: Any, *, source: Any = None,
                         xgb_model=model.booster_.copy())
     booster.set_param(xgb_threads(model.n_jobs))
     return _with_booster(model, booster)
+
+
+def _shift_base_score(booster: Any, X: np.ndarray, y01: np.ndarray) -> Any:
+    """A copy of ``booster`` whose base score absorbs the best logit offset on (X, y)."""
+    import xgboost as xgb
+
+    margin = booster.predict(xgb.DMatrix(X, missing=np.nan, nthread=_STAGE_THREADS),
+                             output_margin=True).astype("float64")
+    delta = 0.0
+    for _ in range(50):  # Newton steps on the 1-D log-likelihood
+        p = 1.0 / (1.0 + np.exp(-(margin + delta)))
+        grad, hess = float(np.sum(p - y01)), float(np.sum(p * (1 - p))) + 1e-9
+        step = np.clip(grad / hess, -5.0, 5.0)
+        delta -= step
+        if abs(step) < 1e-8:
+            break
+    cfg = json.loads(bytes(booster.save_raw(raw_format="json")))
+    param = cfg["learner"]["learner_model_param"]
+    raw = str(param["base_score"]).strip("[]")
+    base = min(max(float(raw), 1e-7), 1 - 1e-7)
+    shifted = 1.0 / (1.0 + np.exp(-(np.log(base / (1 - base)) + delta)))
+    shifted = min(max(float(shifted), 1e-7), 1 - 1e-7)
+    param["base_score"] = f"[{shifted:.9E}]" if str(param["base_score"]).startswith("[") \
+        else f"{shifted:.9E}"
+    out = xgb.Booster()
+    out.load_model(bytearray(json.dumps(cfg).encode("utf-8")))
+    return out
 
 
 def _with_booster(model: Any, booster: Any) -> Any:
