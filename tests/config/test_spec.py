@@ -318,3 +318,14 @@ def test_cli_missing_file_one_line_error(tiny_region: dict[str, Any], write_spec
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "factors.elevation.path: file not found" in err
+
+
+@pytest.mark.parametrize("name", ["my_region.yaml", "my_points.yaml"])
+def test_example_specs_parse(name: str) -> None:
+    from pathlib import Path
+
+    from lsm.config.spec import load_yaml, parse_region
+
+    path = Path(__file__).resolve().parents[2] / "examples" / name
+    spec = parse_region(load_yaml(path), source=str(path))
+    assert spec.factors
