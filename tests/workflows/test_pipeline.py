@@ -78,7 +78,7 @@ def test_derived_region_checks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name, n_steps", [
-    ("shots_curve", {"fit": 1, "finetune": 8}),
+    ("shots_curve", {"fit": 2, "finetune": 12}),  # HK -> 2 targets, Yongxin -> Yushan
     ("source_scale", {"derive": 4, "fit": 4, "finetune": 4}),
     ("progressive", {"fit": 1, "finetune": 3}),
     ("demo", {"derive": 4, "fit": 4, "finetune": 7}),
