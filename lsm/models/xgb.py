@@ -24,8 +24,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes, write_json, write_manifest
-from lsm.models.base import LsmClassifier, register
-from lsm.models.lr import META, meta_dict, params_from_meta, set_fitted_from_meta
+from lsm.models.base import (
+    META,
+    LsmClassifier,
+    meta_dict,
+    params_from_meta,
+    register,
+    set_fitted_from_meta,
+)
 from lsm.transfer import register_stages
 
 BOOSTER = "model.ubj"
