@@ -66,6 +66,18 @@ def _set_data_dir(data_dir: Path | None) -> None:
         os.environ["LSM_DATA_DIR"] = str(data_dir)
 
 
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: choose auto, cpu or cuda", param_hint="--device")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter("CUDA is not available on this machine (torch "
+                                     f"{torch.__version__}); use --device auto or cpu",
+                                     param_hint="--device")
+
+
 def _families(text: str) -> list[str]:
     from lsm.models.base import parse_families
 
@@ -157,6 +169,7 @@ def fit(
     schema, normalisation statistics, checksums), metrics.json, the training table.
     """
     _set_data_dir(data_dir)
+    _check_device(device)
     from lsm.workflows.fit import FitConfig, run_fit
     from lsm.workflows.report import print_fit_metrics
 
@@ -205,6 +218,7 @@ def finetune(
     model trained on the shots alone, on the same held-out target data.
     """
     _set_data_dir(data_dir)
+    _check_device(device)
     from lsm.workflows.finetune import FinetuneConfig, run_finetune
     from lsm.workflows.report import print_finetune_metrics
     from lsm.workflows.runs import latest_run
@@ -262,14 +276,22 @@ def predict(
 
     cuts = None
     if thresholds:
+        from lsm.mapping.zones import validate_thresholds
+
         try:
-            cuts = [float(t) for t in thresholds.split(",")]
-        except ValueError:
-            raise typer.BadParameter(f"{thresholds!r} is not a comma list of numbers",
-                                     param_hint="--thresholds") from None
-    res = predict_maps(load_run(run), region=region, family=model, out=out, thresholds=cuts,
+            cuts = validate_thresholds([float(t) for t in thresholds.split(",")])
+        except ValueError as err:
+            msg = str(err) if "could not convert" not in str(err) else \
+                f"{thresholds!r} is not a comma list of numbers"
+            raise typer.BadParameter(msg, param_hint="--thresholds") from None
+    loaded = load_run(run)
+    res = predict_maps(loaded, region=region, family=model, out=out, thresholds=cuts,
                        prevalence=prevalence, progress=not quiet)
     con = _console()
+    if out is None:  # maps inside the run folder: keep its report in step
+        from lsm.workflows.outputs import record_maps
+
+        con.print(f"report -> {record_maps(loaded, res)}")
     t = Table("zone", "area", "landslides", "density ratio",
               title=f"{res['region']} ({res['family']}): landslide density per zone")
     for z in res["zone_statistics"]:

@@ -167,3 +167,16 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
         write_probability_cog(da, path)
         written.append(str(path))
     return written
+
+
+def record_maps(run: Run, maps: dict[str, Any]) -> Path:
+    """Add (or replace) a map set in the run's ``outputs.json`` and rewrite its report."""
+    from lsm.workflows.report_md import write_report
+
+    path = run.path / "outputs.json"
+    outputs = read_json(path) if path.exists() else {"maps": [], "figures": {}, "explain": {}}
+    kept = [m for m in outputs.get("maps", [])
+            if (m.get("region"), m.get("family")) != (maps["region"], maps["family"])]
+    outputs["maps"] = [*kept, maps]
+    write_json(path, outputs)
+    return write_report(run, outputs)

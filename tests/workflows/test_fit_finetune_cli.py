@@ -218,3 +218,29 @@ def test_norm_override_repretrains_with_that_norm(source_run: Path, demo_dir: Pa
     m = json.loads((out / "metrics.json").read_text())
     assert m["norm"] == "none" and m["source_retrained"] is True
     assert json.loads((out / "model.json").read_text())["norm"] == "none"
+
+
+def test_predict_with_thresholds_updates_the_report(source_run: Path, demo_dir: Path,
+                                                    tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(source_run, run)
+    rc = main(["predict", "--run", str(run), "--thresholds", "0.1,0.3,0.5,0.7", "-q"])
+    assert rc == 0
+    report = (run / "report.md").read_text()
+    assert "0.100, 0.300, 0.500, 0.700 (user)" in report
+    rc = main(["predict", "--run", str(run), "--thresholds", "0.5,0.3,0.6,0.7", "-q"])
+    assert rc != 0
+
+
+def test_bad_options_are_one_line_errors(demo_dir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    src = str(demo_dir / "demo-source.yaml")
+    if not torch.cuda.is_available():
+        assert main(["fit", "--source", src, "--device", "cuda", "-q"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["fit", "--source", src, "--norm", "bogus", "-q"]) == 2
+    assert "norm" in capsys.readouterr().err
