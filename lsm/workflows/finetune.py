@@ -174,6 +174,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                       enabled=cfg.progress) as bar:
         for r in range(cfg.repeats):
             shots = pool[draw_shots(y[pool], cfg.shots, seed=cfg.seed + r)]
+            if r == 0:
+                first_shots = shots
             Xs, ys = Xt.iloc[shots], y[shots]
             for fam in families:
                 bar.describe(f"repeat {r + 1}/{cfg.repeats}: {fam}")
@@ -216,9 +218,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     save_models(out, delivered)
-    first = pool[draw_shots(y[pool], cfg.shots, seed=cfg.seed)]
-    shots_table = table.iloc[first].copy()
-    shots_table.to_parquet(out / "training_table.parquet")
+    # the shots the delivered (repeat-0) models were trained on
+    table.iloc[first_shots].to_parquet(out / "training_table.parquet")
+
     write_json(out / "metrics.json", metrics)
     write_run_meta(out, {
         "command": cfg.command, "kind": "finetune", "region": tspec.name,
