@@ -311,6 +311,10 @@ class RegionSpec(_Model):
                 raise ValueError(f"derive.dem: {self.derive.dem!r} is not in 'factors'")
         return self
 
+    def where(self, key: str) -> str:
+        """``"<spec file>: <key>"``, the prefix of every error about this spec."""
+        return f"{self.source_file or self.name}: {key}"
+
     @property
     def is_table(self) -> bool:
         return self.samples is not None

@@ -66,9 +66,6 @@ def _unit(crs: Any) -> str:
         return "units"
 
 
-def _where(spec: RegionSpec, key: str) -> str:
-    return f"{spec.source_file or spec.name}: {key}"
-
 
 def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
     from rasterio.crs import CRS
@@ -78,7 +75,7 @@ def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
     first = next(iter(infos.values()))
     crs = CRS.from_user_input(spec.crs) if spec.crs else first.crs
     if crs is None:
-        raise SpecError(f"{_where(spec, 'crs')}: {first.path.name} has no CRS; "
+        raise SpecError(f"{spec.where('crs')}: {first.path.name} has no CRS; "
                         "set 'crs' in the spec")
     if first.crs != crs:
         tr, w, h = calculate_default_transform(first.crs, crs, first.width, first.height,
@@ -93,7 +90,7 @@ def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
         bounds = (max(bounds[0], ab[0]), max(bounds[1], ab[1]),
                   min(bounds[2], ab[2]), min(bounds[3], ab[3]))
         if bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
-            raise GridMismatchError(f"{_where(spec, 'aoi.bounds')}: {spec.aoi.bounds} does not "
+            raise GridMismatchError(f"{spec.where('aoi.bounds')}: {spec.aoi.bounds} does not "
                                     f"overlap the first factor raster {first.path.name}")
     if first.crs == crs and spec.resolution is None and spec.aoi is None:
         return Grid(crs, first.transform, first.width, first.height)
@@ -146,10 +143,10 @@ def _aoi_mask(spec: RegionSpec, grid: Grid, chunks: int) -> xr.DataArray | None:
     import geopandas as gpd
     from rasterio.features import geometry_mask
 
-    path = resolve_file(spec.aoi.path, base_dir=spec.base_dir, where=_where(spec, "aoi.path"))
+    path = resolve_file(spec.aoi.path, base_dir=spec.base_dir, where=spec.where("aoi.path"))
     gdf = gpd.read_file(path, engine="pyogrio")
     if gdf.crs is None:
-        raise SpecError(f"{_where(spec, 'aoi.path')}: {path.name} has no CRS")
+        raise SpecError(f"{spec.where('aoi.path')}: {path.name} has no CRS")
     geoms = list(gdf.to_crs(grid.crs).geometry)
     t = grid.transform
 
@@ -173,13 +170,13 @@ def build_stack(spec: RegionSpec, *, chunks: int | None = None, progress: bool =
     missing values are NaN.  Derived terrain factors are added lazily.
     """
     if spec.is_table:
-        raise SpecError(f"{_where(spec, 'samples')}: a table region has no raster stack")
+        raise SpecError(f"{spec.where('samples')}: a table region has no raster stack")
     chunks = chunks or spec.chunks
     infos: dict[str, RasterInfo] = {}
     paths: dict[str, Path] = {}
     for name, src in spec.factors.items():
         assert src.path is not None
-        where = _where(spec, f"factors.{name}.path")
+        where = spec.where(f"factors.{name}.path")
         paths[name] = resolve_file(src.path, base_dir=spec.base_dir, where=where,
                                    progress=progress)
         infos[name] = raster_info(paths[name], where=where)
@@ -189,7 +186,7 @@ def build_stack(spec: RegionSpec, *, chunks: int | None = None, progress: bool =
     data: dict[str, xr.DataArray] = {}
     for name, src in spec.factors.items():
         info = infos[name]
-        where = _where(spec, f"factors.{name}")
+        where = spec.where(f"factors.{name}")
         if info.crs is None:
             raise SpecError(f"{where}.path: {info.path.name} has no CRS")
         band = band_index(info, src.band, where=f"{where}.band")

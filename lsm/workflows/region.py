@@ -35,14 +35,11 @@ class RegionData:
         return list(self.kinds)
 
 
-def _where(spec: RegionSpec, key: str) -> str:
-    return f"{spec.source_file or spec.name}: {key}"
-
 
 def _file(spec: RegionSpec, ref: Any, key: str, checksums: dict[str, str], progress: bool):
     from lsm.io.artifacts import sha256_file
 
-    p = resolve_file(ref, base_dir=spec.base_dir, where=_where(spec, key), progress=progress)
+    p = resolve_file(ref, base_dir=spec.base_dir, where=spec.where(key), progress=progress)
     checksums[key] = ref.sha256 or sha256_file(p)
     return p
 
@@ -57,7 +54,7 @@ def load_region_data(spec: RegionSpec, *, progress: bool = True,
     if factors is not None:
         unknown = [f for f in factors if f not in kinds]
         if unknown:
-            raise SpecError(f"{_where(spec, 'factors')}: region has no factor(s) {unknown} "
+            raise SpecError(f"{spec.where('factors')}: region has no factor(s) {unknown} "
                             f"(it has: {', '.join(kinds)})")
         kinds = {f: kinds[f] for f in factors}
     if spec.is_table:
@@ -84,13 +81,13 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
     assert s is not None
     checksums: dict[str, str] = {}
     notes: list[str] = []
-    where = _where(spec, "samples.path")
+    where = spec.where("samples.path")
     raw = read_table(_file(spec, s.path, "samples.path", checksums, progress), layer=s.layer,
                      where=where)
     cols = [spec.factors[f].column for f in kinds if f in spec.factors]
     require_columns(raw, [c for c in cols if c], where=where)
     if isinstance(s.label, LabelFile):
-        lw = _where(spec, "samples.label.path")
+        lw = spec.where("samples.label.path")
         lab = read_table(_file(spec, s.label.path, "samples.label.path", checksums, progress),
                          where=lw)
         require_columns(lab, [s.label.column], where=lw)
@@ -99,7 +96,7 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
                             "labels are joined row by row")
         labels = parse_labels(lab[s.label.column], where=f"{lw} column {s.label.column!r}")
     else:
-        require_columns(raw, [s.label], where=_where(spec, "samples.label"))
+        require_columns(raw, [s.label], where=spec.where("samples.label"))
         labels = parse_labels(raw[s.label], where=f"{where} column {s.label!r}")
     table = pd.DataFrame(index=pd.RangeIndex(len(raw)))
     has_xy = s.x is not None and s.y is not None
@@ -129,7 +126,7 @@ def _inventory(spec: RegionSpec, crs: Any, checksums: dict[str, str], progress: 
 
     inv = spec.inventory
     assert inv is not None
-    where = _where(spec, "inventory.path")
+    where = spec.where("inventory.path")
     path = _file(spec, inv.path, "inventory.path", checksums, progress)
     df = read_table(path, layer=inv.layer, where=where)
     if not isinstance(df, gpd.GeoDataFrame):
@@ -174,8 +171,8 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
     label_col = spec.inventory.label if spec.inventory else None
     labels_given = None
     if label_col is not None:
-        require_columns(inv, [label_col], where=_where(spec, "inventory.label"))
-        labels_given = parse_labels(inv[label_col], where=_where(spec, "inventory.label"))
+        require_columns(inv, [label_col], where=spec.where("inventory.label"))
+        labels_given = parse_labels(inv[label_col], where=spec.where("inventory.label"))
     geom_types = set(inv.geom_type.unique())
     if geom_types <= {"Point"}:
         rows, cols, inside = pixel_index(t, inv.geometry.x.to_numpy(), inv.geometry.y.to_numpy(),
@@ -186,7 +183,7 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
             notes.append(f"{int((~inside).sum())} inventory points lie outside the grid, skipped")
     elif spec.inventory is not None and spec.inventory.polygons == "all_pixels":
         if labels_given is not None:
-            raise SpecError(f"{_where(spec, 'inventory.polygons')}: 'all_pixels' with a label "
+            raise SpecError(f"{spec.where('inventory.polygons')}: 'all_pixels' with a label "
                             "column is not supported; use centroid")
         rows, cols = polygon_pixels(list(inv.geometry), t, w, h)
         lab = np.ones(rows.size, dtype="int8")
@@ -201,7 +198,7 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
                      "skipped")
     rows, cols, lab = rows[ok], cols[ok], lab[ok]
     if (lab == 1).sum() == 0:
-        raise SamplingError(f"{_where(spec, 'inventory')}: no landslide falls on a valid pixel")
+        raise SamplingError(f"{spec.where('inventory')}: no landslide falls on a valid pixel")
     if labels_given is None:
         a = spec.absences
         n_abs = a.count or int(round(a.ratio * int((lab == 1).sum())))
