@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_unknown_command_and_option_fail(capsys: pytest.CaptureFixture[str]) -> 
     assert "frobnicate" in err or "No such command" in err
 
 
-def test_help_is_fast_and_imports_no_heavy_libraries() -> None:
+def test_help_imports_no_heavy_libraries() -> None:
     code = ("import sys, io, contextlib\n"
             "from lsm.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
@@ -59,12 +58,9 @@ def test_help_is_fast_and_imports_no_heavy_libraries() -> None:
             "heavy = {'torch', 'xgboost', 'shap', 'sklearn', 'rasterio', 'xarray'}\n"
             "loaded = heavy & set(sys.modules)\n"
             "assert not loaded, loaded\n")
-    t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
-    elapsed = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
-    assert elapsed < 10.0, f"lsm --help took {elapsed:.1f} s"
 
 
 def test_regions_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:

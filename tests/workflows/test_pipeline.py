@@ -175,17 +175,13 @@ def test_derived_region_reads_back(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``lsm run pipelines/demo.yaml`` once for the module (about a minute)."""
-    import time
-
     tmp = tmp_path_factory.mktemp("demo-pipeline")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LSM_DEMO_DIR", str(tmp / "demo"))
         mp.setenv("LSM_CACHE", str(tmp / "cache"))
         mp.chdir(REPO)
-        t0 = time.perf_counter()
         rc = main(["run", "pipelines/demo.yaml", "--out", str(tmp / "out"), "-q"])
-        seconds = time.perf_counter() - t0
-        yield {"rc": rc, "out": tmp / "out", "seconds": seconds, "mp": mp}
+        yield {"rc": rc, "out": tmp / "out", "mp": mp}
 
 
 def test_demo_pipeline_outputs(demo_run: dict[str, Any]) -> None:
@@ -234,7 +230,6 @@ def test_demo_pipeline_outputs(demo_run: dict[str, Any]) -> None:
     assert meta["machine"]["cpu_count"] and "commit" in meta["git"]
     assert meta["config"]["studies"][0]["repeats"] == 2
     assert all(s["status"] == "ran" for s in meta["steps"])
-    assert demo_run["seconds"] < 150  # about a minute on two cores
 
 
 def test_demo_pipeline_resumes_without_rerunning(demo_run: dict[str, Any],
