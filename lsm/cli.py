@@ -38,6 +38,7 @@ DataDir = Annotated[
                  show_envvar=False),
 ]
 _ARGV: list[str] = []
+_INTERRUPTED = 130  # exit status of a process stopped by SIGINT (128 + 2), as shells report it
 
 
 def _command() -> str:
@@ -413,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="lsm", standalone_mode=False)
+        # without standalone mode typer turns Ctrl-C (and typer.Exit) into a returned code
+        rv = app(args=argv, prog_name="lsm", standalone_mode=False)
     except typer.Exit as e:
-        return int(e.exit_code)
+        rv = e.exit_code
     except NoArgsIsHelpError as e:  # 'lsm' alone: help, as a usage error
         e.show()
         return 2
@@ -424,10 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
     except typer.Abort:
         _console(stderr=True).print("aborted")
-        return 130
+        return _INTERRUPTED
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
-        return 130
+        return _INTERRUPTED
     except LsmError as e:
         _console(stderr=True).print(f"[red]error:[/] {e}", soft_wrap=True)
         return 2
@@ -441,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                                         soft_wrap=True)
             return 2
         raise
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        if rv == _INTERRUPTED:
+            _console(stderr=True).print("interrupted")
+        return rv
     return 0
 
 

@@ -96,3 +96,47 @@ def test_stack_bad_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     rc = main(["stack", "--region", "hongkong", "--data-dir", str(tmp_path / "nope")])
     assert rc != 0
     assert "no such folder" in capsys.readouterr().err
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("module", "attr", "argv"), [
+    ("lsm.workflows.fit", "run_fit", ["fit", "--source", "hongkong", "-q"]),
+    ("lsm.workflows.pipeline", "run_pipeline", ["run", "pipelines/demo.yaml", "-q"]),
+])
+def test_ctrl_c_prints_interrupted_and_exits_130(module: str, attr: str, argv: list[str],
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module), attr, _interrupt)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigint_to_a_running_command_exits_130() -> None:
+    import signal
+
+    code = ("import sys, time\n"
+            "import lsm.workflows.fit as wf\n"
+            "def slow(cfg):\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(60)\n"
+            "wf.run_fit = slow\n"
+            "from lsm.cli import main\n"
+            "sys.exit(main(['fit', '--source', 'hongkong', '-q']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
