@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from lsm.errors import FactorMismatchError
+from lsm.errors import ArtifactError, FactorMismatchError
 
 PROBABILITY = "probability"
 LOG_ODDS = "log-odds"
@@ -510,8 +511,7 @@ def grouped_values(result: ShapResult, groups: Mapping[str, str] | None = None
     groups = dict(groups) if groups is not None else factor_groups(result.feature_names)
     mapping = [groups.get(c, c) for c in result.feature_names]
     frame = pd.DataFrame(result.values, index=result.index, columns=result.feature_names)
-    order = list(dict.fromkeys(mapping))
-    return frame.T.groupby(mapping, sort=False).sum().T[order]
+    return _sum_groups(frame, mapping)
 
 
 def factor_importance(result: ShapResult, groups: Mapping[str, str] | None = None, *,
@@ -548,42 +548,135 @@ def factor_importance(result: ShapResult, groups: Mapping[str, str] | None = Non
     return s
 
 
+def _sum_groups(values: pd.DataFrame, mapping: Sequence[str]) -> pd.DataFrame:
+    """Columns of ``values`` summed per group label in ``mapping`` (first-seen order).
+
+    NaN stays NaN (a pandas ``groupby().sum()`` would quietly make it 0).
+    """
+    arr = values.to_numpy(dtype="float64")
+    labels = np.asarray(mapping, dtype=object)
+    order = list(dict.fromkeys(mapping))
+    out = {g: arr[:, labels == g].sum(axis=1) for g in order}
+    return pd.DataFrame(out, index=values.index)
+
+
+def _fill_empty_covers(booster: Any) -> Any:
+    """``booster`` itself, or a copy whose zero-cover nodes get a tiny positive cover.
+
+    Path-dependent TreeSHAP weighs the two branches of a split by their covers
+    (hessian sums of the rows that reached them).  A leaf refresh on a few
+    shots leaves nodes no shot reached with cover 0, and ``0 / 0`` makes
+    XGBoost's TreeSHAP fail (Saabas gives NaN).  Such a leaf gets
+    ``1e-6 x`` the tree's root cover, and an empty internal node the sum of
+    its children: the shots' distribution, with unreached branches nearly
+    impossible.  Leaf values, splits and so the margin are unchanged.
+    """
+    import json
+
+    import xgboost as xgb
+
+    cfg = json.loads(bytes(booster.save_raw(raw_format="json")))
+    changed = False
+    for tree in cfg["learner"]["gradient_booster"]["model"]["trees"]:
+        cover = np.asarray(tree["sum_hessian"], dtype="float64")
+        if (cover > 0).all():
+            continue
+        left, right = tree["left_children"], tree["right_children"]
+        tiny = 1e-6 * (cover[0] if cover[0] > 0 else 1.0)
+        order, depth_first = [0], [0]
+        while depth_first:  # parents before children, whatever the node numbering
+            node = depth_first.pop()
+            if left[node] != -1:
+                order += [left[node], right[node]]
+                depth_first += [left[node], right[node]]
+        for node in reversed(order):  # children before parents
+            if cover[node] > 0:
+                continue
+            cover[node] = tiny if left[node] == -1 else cover[left[node]] + cover[right[node]]
+        tree["sum_hessian"] = cover.tolist()
+        changed = True
+    if not changed:
+        return booster
+    out = xgb.Booster()
+    out.load_model(bytearray(json.dumps(cfg).encode("utf-8")))
+    return out
+
+
+# booster -> the booster TreeSHAP runs on (one JSON round trip per model, not per block)
+_TREESHAP_BOOSTERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _xgb_contributions(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """Exact path-dependent TreeSHAP of an xgb model: (values (n, p), bias) in log-odds."""
+    import xgboost as xgb
+
+    from lsm.models.xgb import xgb_threads
+
+    booster = model.booster_
+    shap_booster = _TREESHAP_BOOSTERS.get(booster)
+    if shap_booster is None:
+        shap_booster = _fill_empty_covers(booster)
+        if shap_booster is not booster:
+            shap_booster.set_param(xgb_threads(getattr(model, "n_jobs", None)))
+        _TREESHAP_BOOSTERS[booster] = shap_booster
+    dm = xgb.DMatrix(X.to_numpy(dtype=np.float32), missing=np.nan)
+    try:
+        contrib = shap_booster.predict(dm, pred_contribs=True)
+    except xgb.core.XGBoostError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"xgb model: XGBoost cannot compute SHAP contributions "
+                            f"({first})") from None
+    if contrib.ndim != 2:
+        raise ArtifactError(f"xgb model: SHAP contributions of shape {contrib.shape}; "
+                            "per-pixel maps need a binary booster")
+    bias = float(contrib[0, -1]) if len(contrib) else float("nan")
+    return np.asarray(contrib[:, :-1], dtype="float64"), bias  # the last column is the bias
+
+
 def pixel_contributions(model: Any, X: pd.DataFrame, X_background: pd.DataFrame, *,
                         max_background: int = 50, seed: int = 0) -> pd.DataFrame:
     """Per-row SHAP values summed per factor, fast enough for every pixel of a map.
 
     XGBoost uses the booster's own exact TreeSHAP (``pred_contribs``,
-    path-dependent, log-odds; Saabas attributions where fine-tuning left empty
-    nodes); logistic regression its closed form
-    ``coef * (x - mean of the background)`` (log-odds); the other families
-    :func:`explain_model` with a small background (slow for random forests).
-    Rows keep ``X``'s index.
+    path-dependent, log-odds; nodes a leaf refresh left empty get a tiny
+    cover, see :func:`_fill_empty_covers`); logistic regression its closed
+    form ``coef * (x - mean of the background)`` (log-odds); the other
+    families :func:`explain_model` with a small background (slow for random
+    forests).  Rows keep ``X``'s index; ``attrs["base_value"]`` and
+    ``attrs["units"]`` give the constant the values add up from and their
+    units (``base_value + row sum`` is the model output).
+
+    Raises
+    ------
+    ArtifactError
+        When the contributions cannot be computed or are not finite (never
+        written as zeros).
     """
     cols = list(getattr(model, "feature_names_in_", X.columns))
     X = X[cols]
     family = getattr(model, "family", "")
     if family == "xgb":
-        import xgboost as xgb
-
-        dm = xgb.DMatrix(X.to_numpy(dtype=np.float32), missing=np.nan)
-        try:
-            contrib = model.booster_.predict(dm, pred_contribs=True)
-        except xgb.core.XGBoostError:
-            # refreshed leaves on a few shots leave empty nodes (zero cover), which exact
-            # path-dependent TreeSHAP cannot weigh: fall back to Saabas attributions
-            # (same additivity to the margin, approximate split of it)
-            contrib = model.booster_.predict(dm, pred_contribs=True, approx_contribs=True)
-        contrib = contrib[:, :-1]  # the last column is the bias
+        contrib, base = _xgb_contributions(model, X)
         values = pd.DataFrame(contrib, index=X.index, columns=cols)
+        units = UNITS["xgb"]
     elif family == "lr":
         coef = np.asarray(model.coef_, dtype="float64").ravel()
         centre = X_background[cols].to_numpy(dtype="float64").mean(axis=0)
         values = pd.DataFrame((X.to_numpy(dtype="float64") - centre) * coef, index=X.index,
                               columns=cols)
+        base = float(np.ravel(model.intercept_)[0] + coef @ centre)
+        units = UNITS["lr"]
     else:
         res = explain_model(model, X_background, X, max_explain=len(X),
                             max_background=max_background, seed=seed)
-        return grouped_values(res).reindex(X.index)
+        values = res.to_frame().reindex(X.index)
+        base, units = res.base_value, res.units
+    bad = ~np.isfinite(values.to_numpy()).all(axis=1)
+    if bad.any():
+        raise ArtifactError(f"{family or type(model).__name__} model: SHAP contributions are "
+                            f"not finite on {int(bad.sum())} of {len(X)} rows; refusing to "
+                            "map them")
     mapping = factor_groups(cols)
-    grouped = values.T.groupby([mapping.get(c, c) for c in cols], sort=False).sum().T
+    grouped = _sum_groups(values, [mapping.get(c, c) for c in cols])
+    grouped.attrs.update(base_value=base, units=units)
     return grouped

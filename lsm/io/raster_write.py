@@ -89,6 +89,50 @@ def write_probability_cog(
     -------
     >>> write_probability_cog(prob, "susceptibility.tif")              # doctest: +SKIP
     """
+    return write_value_cog(da, path, description="P(landslide)", units="probability",
+                           tags={"QUANTITY": "P(landslide)"}, compute=compute,
+                           blocksize=blocksize, compress=compress,
+                           overview_count=overview_count)
+
+
+def write_value_cog(
+    da: xr.DataArray,
+    path: str | os.PathLike[str],
+    *,
+    description: str,
+    units: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    compute: bool = True,
+    blocksize: int = 512,
+    compress: str = "deflate",
+    overview_count: int | None = None,
+) -> Delayed | None:
+    """Write any continuous raster as a float32 COG with its own band description.
+
+    Parameters
+    ----------
+    da
+        2-D raster (``y``, ``x``) with rioxarray CRS/transform; NaN = no data.
+    path
+        Target ``.tif``; its folder is created if needed.
+    description
+        Band description (what GDAL and QGIS show as the band name).
+    units
+        Band unit (GDAL's unit type), e.g. ``"log-odds"``.
+    tags
+        Dataset metadata items.
+    compute, blocksize, compress, overview_count
+        As for :func:`write_probability_cog`.
+
+    Returns
+    -------
+    Delayed or None
+
+    Example
+    -------
+    >>> write_value_cog(shap_slope, "shap_slope.tif", units="log-odds",
+    ...                 description="SHAP contribution of slope (log-odds)")  # doctest: +SKIP
+    """
     job = _RasterJob(
         da=da,
         path=Path(path),
@@ -98,8 +142,9 @@ def write_probability_cog(
         compress=compress,
         resampling="AVERAGE",
         overview_count=overview_count,
-        description="P(landslide)",
-        tags={"QUANTITY": "P(landslide)"},
+        description=description,
+        units=units,
+        tags=dict(tags or {}),
     )
     return _run(job, compute)
 
@@ -205,6 +250,7 @@ class _RasterJob:
         overview_count: int | None,
         description: str,
         tags: dict[str, str],
+        units: str | None = None,
         colormap: dict[int, tuple[int, int, int, int]] | None = None,
         sidecars: dict[Path, str] | None = None,
     ):
@@ -221,6 +267,7 @@ class _RasterJob:
         self.resampling = resampling
         self.overview_count = overview_count
         self.description = description
+        self.units = units
         self.tags = tags
         self.colormap = colormap
         self.sidecars = sidecars or {}
@@ -291,6 +338,8 @@ class _RasterJob:
         }
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(stage, "w", **profile) as dst:
             dst.set_band_description(1, self.description)
+            if self.units:
+                dst.set_band_unit(1, self.units)
             dst.update_tags(**self.tags)
             if self.colormap is not None:
                 dst.write_colormap(1, self.colormap)

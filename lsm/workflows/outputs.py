@@ -128,13 +128,14 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
 
     Each pixel's value is the factor's contribution to the model output (in
     the explainer's units: log-odds for lr/xgb/mlp, probability for rf),
-    computed over the lazy stack like prediction and written as float32 COGs.
+    computed over the lazy stack like prediction and written as float32 COGs
+    whose band is described as ``SHAP contribution of <factor> (<units>)``.
     xgb and lr are fast (native TreeSHAP, closed form); SHAP of a random forest
     or the MLP over every pixel is slow: prefer xgb or lr for maps.
     """
     from lsm.config.spec import load_region
     from lsm.explain.shap_values import explain_model, factor_importance, pixel_contributions
-    from lsm.io.raster_write import write_probability_cog
+    from lsm.io.raster_write import write_value_cog
     from lsm.mapping.predict import predict_raster
     from lsm.stack.clean import name_categories
     from lsm.workflows.predict import _best_family, _run_spec, region_stats_for
@@ -156,7 +157,9 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
         return pixel_contributions(model, X, X_bg)
 
     sample = X_bg.sample(min(300, len(X_bg)), random_state=0)
-    ranked = list(factor_importance(explain_model(model, X_bg, sample)).index)[:top]
+    importance = factor_importance(explain_model(model, X_bg, sample))
+    ranked = list(importance.index)[:top]
+    units = importance.attrs["units"]
     assert data.stack is not None
     out = Path(out or run.path / "maps")
     written = []
@@ -164,7 +167,9 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
         da = predict_raster(data.stack, lambda t, f=f: contributions(t)[f].to_numpy(),
                             factors=run.schema.factors, value_range=None, name=f"shap_{f}")
         path = out / f"{spec.name}_{family}_shap_{f}.tif"
-        write_probability_cog(da, path)
+        write_value_cog(da, path, description=f"SHAP contribution of {f} ({units})",
+                        units=units, tags={"QUANTITY": f"SHAP contribution of {f}",
+                                           "FACTOR": f, "MODEL": family, "UNITS": units})
         written.append(str(path))
     return written
 

@@ -13,7 +13,7 @@ import xarray as xr
 from rasterio.transform import from_origin
 
 from lsm.errors import FactorMismatchError
-from lsm.io.raster_write import write_probability_cog, write_zones_geotiff
+from lsm.io.raster_write import write_probability_cog, write_value_cog, write_zones_geotiff
 from lsm.mapping.predict import predict_raster
 from lsm.mapping.quicklook import hillshade, quicklook_png
 from lsm.mapping.zones import (
@@ -257,6 +257,24 @@ def test_probability_cog(tmp_path, compute):
     finite = data[np.isfinite(data)]
     assert ((finite >= 0) & (finite <= 1)).all()
     assert leftovers(tmp_path) == ["prob.tif"]
+
+
+def test_value_cog_has_its_own_band_description_and_units(tmp_path):
+    stack = make_stack(60, 80, chunks=32)
+    values = predict_raster(stack, lambda t: t["slope"].to_numpy() - 20.0, factors=FACTORS,
+                            value_range=None, name="shap_slope")
+    path = tmp_path / "shap.tif"
+    write_value_cog(values, path, description="SHAP contribution of slope (log-odds)",
+                    units="log-odds", tags={"FACTOR": "slope"})
+    with rasterio.open(path) as src:
+        assert src.descriptions == ("SHAP contribution of slope (log-odds)",)
+        assert src.units == ("log-odds",)
+        assert src.tags()["FACTOR"] == "slope"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        np.testing.assert_array_equal(src.read(1), values.values)
+    write_probability_cog(values.clip(0, 1), tmp_path / "p.tif")
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.descriptions == ("P(landslide)",)
 
 
 def test_probability_cog_small_tiles_force_overviews(tmp_path):

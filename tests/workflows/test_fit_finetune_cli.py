@@ -244,3 +244,42 @@ def test_bad_options_are_one_line_errors(demo_dir: Path,
         assert "CUDA is not available" in capsys.readouterr().err
     assert main(["fit", "--source", src, "--norm", "bogus", "-q"]) == 2
     assert "norm" in capsys.readouterr().err
+
+
+def test_shap_maps_of_finetuned_xgb_add_up_to_the_margin(finetune_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """Fine-tuned trees have nodes no shot reached: the maps must still hold real values."""
+    import shutil
+
+    import xgboost as xgb
+
+    from lsm.explain.shap_values import pixel_contributions
+    from lsm.workflows.outputs import _table_and_matrix
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finetune_run, run_dir)
+    rc = main(["explain", "--run", str(run_dir), "--shap-maps", "--model", "xgb", "--top", "2",
+               "-q"])
+    assert rc == 0, capsys.readouterr().err
+    maps = sorted((run_dir / "maps").glob("demo-target_xgb_shap_*.tif"))
+    assert len(maps) == 2
+    run = load_run(run_dir)
+    model = run.models["xgb"]
+    table, X = _table_and_matrix(run)
+    c = pixel_contributions(model, X, X)
+    margin = model.booster_.predict(xgb.DMatrix(X.to_numpy(dtype=np.float32), missing=np.nan),
+                                    output_margin=True)
+    np.testing.assert_allclose(c.sum(axis=1) + c.attrs["base_value"], margin, atol=1e-4)
+    assert c.attrs["units"] == "log-odds"
+    for path in maps:
+        factor = path.stem.split("_shap_")[1]
+        with rasterio.open(path) as src:
+            a = src.read(1)
+            assert src.descriptions[0] == f"SHAP contribution of {factor} (log-odds)"
+            assert src.units[0] == "log-odds"
+            assert src.tags()["FACTOR"] == factor
+        valid = a[np.isfinite(a)]
+        assert valid.size > 0 and np.abs(valid).max() > 1e-3  # not all zero
+        at_rows = a[table["row"].to_numpy(), table["col"].to_numpy()]
+        np.testing.assert_allclose(at_rows, c[factor], rtol=1e-4, atol=1e-5)
