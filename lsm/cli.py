@@ -6,8 +6,10 @@ Errors on bad input print one line and exit with status 2.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,12 +54,49 @@ Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models)."
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
+    Console = _note_once_console()
     con = Console(stderr=stderr, highlight=False)
     if not con.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
         con = Console(stderr=stderr, highlight=False, width=140)
     return con
+
+
+# Notes ("note: ...") printed during the current call of main, warnings included: a
+# workflow often both warns and records the same note for its report.
+_NOTES: set[str] = set()
+
+
+def _first_time(note: str) -> bool:
+    """True (and remember it) if ``note`` was not printed yet in this call of main."""
+    key = " ".join(note.split())
+    if key in _NOTES:
+        return False
+    _NOTES.add(key)
+    return True
+
+
+@functools.cache
+def _note_once_console() -> type:
+    """A rich Console that prints each ``note: ...`` line once per call of main."""
+    from rich.console import Console
+
+    class NoteOnceConsole(Console):
+        def print(self, *objects: Any, **kwargs: Any) -> None:
+            if len(objects) == 1 and isinstance(objects[0], str) and \
+                    objects[0].startswith("note: ") and not _first_time(objects[0][6:]):
+                return
+            super().print(*objects, **kwargs)
+
+    return NoteOnceConsole
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the CLI: one clean ``note: ...`` line, no source line."""
+    text = " ".join(str(message).split())
+    if not issubclass(category, UserWarning):
+        text = f"{category.__name__}: {text}"
+    _console(stderr=True).print(f"note: {text}", soft_wrap=True, markup=False)  # once
 
 
 def _set_data_dir(data_dir: Path | None) -> None:
@@ -401,7 +440,18 @@ def run_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (tests call ``main([...])``)."""
+    """Entry point; returns the exit status (tests call ``main([...])``).
+
+    Warnings are printed as one ``note: ...`` line each, once.
+    """
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    _NOTES.clear()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from lsm.errors import LsmError
 
     # typer >= 0.2x ships its own copy of click; catch the exceptions it raises
@@ -412,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
 
         NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
 
-    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         # without standalone mode typer turns Ctrl-C (and typer.Exit) into a returned code
         rv = app(args=argv, prog_name="lsm", standalone_mode=False)

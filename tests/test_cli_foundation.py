@@ -140,3 +140,35 @@ def test_sigint_to_a_running_command_exits_130() -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err
+
+
+def test_warnings_print_once_as_clean_notes(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A workflow's warning that is also one of its report's notes shows up once."""
+    import warnings
+
+    import lsm.workflows.fit as wf
+    import lsm.workflows.outputs as wo
+    import lsm.workflows.report as wr
+
+    msg = "categorical factor 'lithology': legends cannot be matched, dropped"
+
+    def fit_that_warns(cfg: object) -> dict:
+        for _ in range(2):
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        warnings.warn("[shap] fallback", RuntimeWarning, stacklevel=2)
+        return {"region": "x", "notes": [msg]}
+
+    monkeypatch.setattr(wf, "run_fit", fit_that_warns)
+    monkeypatch.setattr(wr, "print_fit_metrics",
+                        lambda m, con: [con.print(f"note: {n}") for n in m["notes"]])
+    monkeypatch.setattr(wo, "after_training", lambda *a, **k: None)
+    assert main(["fit", "--source", "hongkong", "-q"]) == 0
+    out = capsys.readouterr()
+    lines = (out.out + out.err).splitlines()
+    assert lines.count(f"note: {msg}") == 1
+    assert "note: RuntimeWarning: [shap] fallback" in lines
+    assert not any("warnings.warn" in ln or "UserWarning:" in ln for ln in lines), lines
+    # a second call of main starts afresh
+    assert main(["fit", "--source", "hongkong", "-q"]) == 0
+    assert capsys.readouterr().err.count(f"note: {msg}") == 1
