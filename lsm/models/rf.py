@@ -219,16 +219,28 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
 
     n_classes_arr = np.array([n_classes], dtype=np.intp)
     node_dtype = Tree(n_features, n_classes_arr, 1).__getstate__()["nodes"].dtype
-    counts = np.asarray(arrays["node_count"], dtype=np.int64)
+    counts = np.asarray(arrays["node_count"])
+    if counts.ndim != 1 or counts.dtype.kind not in "iu" or counts.size == 0 or \
+            (counts < 1).any():
+        raise ValueError("node_count must list at least one positive node count per tree")
+    counts = counts.astype(np.int64)
+    for name in ("max_depth", "tree_random_state", "tree_max_features"):
+        if np.shape(arrays[name]) != counts.shape:
+            raise ValueError(f"{name} has shape {np.shape(arrays[name])}, expected "
+                             f"{counts.shape} (one per tree)")
     total = int(counts.sum())
     values = np.asarray(arrays["values"], dtype=np.float64)
     if values.shape != (total, 1, n_classes):
         raise ValueError(f"values has shape {values.shape}, expected {(total, 1, n_classes)}")
+    if not np.isfinite(values).all():
+        raise ValueError("values holds NaN or infinite entries")
     for name in node_dtype.names:
         if name not in arrays and name != "missing_go_to_left":
             raise ValueError(f"node field {name!r} missing")
         if name in arrays and arrays[name].shape != (total,):
             raise ValueError(f"node field {name!r} has shape {arrays[name].shape}")
+        if name in ("left_child", "right_child", "feature") and arrays[name].dtype.kind not in "iu":
+            raise ValueError(f"node field {name!r} has dtype {arrays[name].dtype}, not integer")
     offsets = np.concatenate([[0], np.cumsum(counts)])
     trees = []
     for i, n in enumerate(counts.tolist()):
@@ -237,10 +249,8 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
         for name in node_dtype.names:
             if name in arrays:
                 nodes[name] = arrays[name][lo:hi]
-        children = np.concatenate([nodes["left_child"], nodes["right_child"]])
-        if children.size and (children.max() >= n or children.min() < -1
-                              or nodes["feature"].max(initial=-2) >= n_features):
-            raise ValueError(f"tree {i} refers to nodes or features that do not exist")
+        _check_nodes(i, {k: arrays[k][lo:hi] for k in ("left_child", "right_child", "feature",
+                                                       "threshold")}, n_features)
         tree = Tree(n_features, n_classes_arr, 1)
         tree.__setstate__({"max_depth": int(arrays["max_depth"][i]), "node_count": n,
                            "nodes": nodes, "values": np.ascontiguousarray(values[lo:hi])})
@@ -254,6 +264,39 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
         est.tree_ = tree
         trees.append(est)
     return trees
+
+
+def _check_nodes(tree: int, nodes: dict[str, np.ndarray], n_features: int) -> None:
+    """Raise ValueError unless the node arrays of one tree make a tree sklearn can walk.
+
+    sklearn's Cython traversal trusts these arrays: a child cycle loops forever and
+    a feature index out of range reads outside the input.  Leaves have both
+    children -1; an internal node's children come after it (sklearn grows trees
+    depth first, so a walk always ends), its feature is an input column and its
+    threshold a number (not NaN).
+    """
+    left, right = nodes["left_child"].astype(np.int64), nodes["right_child"].astype(np.int64)
+    n = left.size
+    leaf = left == -1
+    node = np.arange(n)
+    bad = np.flatnonzero((right == -1) != leaf)
+    if bad.size:
+        raise ValueError(f"tree {tree} node {bad[0]}: one child is -1 and the other is not")
+    inner = ~leaf
+    bad = np.flatnonzero(inner & ((left <= node) | (right <= node) | (left >= n) | (right >= n)))
+    if bad.size:
+        k = bad[0]
+        raise ValueError(f"tree {tree} node {k}: children {left[k]}, {right[k]} must lie "
+                         f"after the node and below {n}")
+    feature = nodes["feature"].astype(np.int64)
+    bad = np.flatnonzero(inner & ((feature < 0) | (feature >= n_features)))
+    if bad.size:
+        raise ValueError(f"tree {tree} node {bad[0]}: feature {feature[bad[0]]} is not in "
+                         f"0..{n_features - 1}")
+    # +inf is legitimate: sklearn's split that sends only the missing values right
+    bad = np.flatnonzero(inner & np.isnan(nodes["threshold"].astype(np.float64)))
+    if bad.size:
+        raise ValueError(f"tree {tree} node {bad[0]}: threshold is NaN")
 
 
 def _seed(rs: Any) -> int:

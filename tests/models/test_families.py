@@ -120,6 +120,65 @@ def test_rf_rebuilt_forest_is_a_working_sklearn_forest(data: pd.DataFrame,
         assert np.array_equal(a.apply(Xa), b.apply(Xa))
 
 
+def _first_inner_node(arrays: dict[str, np.ndarray]) -> int:
+    return int(np.flatnonzero(arrays["left_child"] != -1)[1])  # an inner node below the root
+
+
+def _cycle(a: dict[str, np.ndarray]) -> None:
+    k = _first_inner_node(a)
+    a["left_child"][k] = 0  # back to the root: a walk would never end
+
+
+def _bad_feature(a: dict[str, np.ndarray]) -> None:
+    a["feature"][_first_inner_node(a)] = -100_000_000  # would read outside the input
+
+
+def _huge_feature(a: dict[str, np.ndarray]) -> None:
+    a["feature"][0] = 6
+
+
+def _one_child(a: dict[str, np.ndarray]) -> None:
+    a["right_child"][_first_inner_node(a)] = -1
+
+
+def _nan_threshold(a: dict[str, np.ndarray]) -> None:
+    a["threshold"][0] = np.nan
+
+
+def _float_children(a: dict[str, np.ndarray]) -> None:
+    a["left_child"] = a["left_child"].astype("float64")
+
+
+def _short_counts(a: dict[str, np.ndarray]) -> None:
+    a["tree_max_features"] = a["tree_max_features"][:-1]
+
+
+def _empty_tree(a: dict[str, np.ndarray]) -> None:
+    a["node_count"][1] = 0
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (_cycle, "must lie after the node"), (_bad_feature, "feature -100000000 is not in 0..5"),
+    (_huge_feature, "feature 6 is not in 0..5"), (_one_child, "one child is -1"),
+    (_nan_threshold, "threshold is NaN"), (_float_children, "not integer"),
+    (_short_counts, "one per tree"), (_empty_tree, "node_count"),
+])
+def test_rf_untrusted_tree_arrays_are_refused(tamper, message: str, tmp_path: Path) -> None:
+    """Arrays rewritten along with the manifest: load must refuse what would hang or crash."""
+    from lsm.io.artifacts import read_arrays, write_arrays, write_manifest
+    from lsm.models.rf import TREES
+
+    X, y = make_classification(n_samples=200, n_features=6, random_state=0)
+    RandomForestModel(n_estimators=3, max_depth=4, n_jobs=1).fit(X, y).save(tmp_path)
+    arrays = read_arrays(tmp_path / TREES)
+    tamper(arrays)
+    write_arrays(tmp_path / TREES, arrays)
+    write_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match=rf"{TREES}: .*{message}") as err:
+        RandomForestModel.load(tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_rf_handles_missing_values(tmp_path: Path) -> None:
     X, y = make_classification(n_samples=300, n_features=6, random_state=2)
     X[::7, 2] = np.nan
