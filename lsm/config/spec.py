@@ -25,6 +25,42 @@ from lsm.errors import SpecError
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def check_name(v: str) -> str:
+    """``v`` if it can name one file or folder: not empty, no separator, not ``.``/``..``.
+
+    Region names become run folders and map file names; a name such as
+    ``../../x`` would write outside them.
+
+    Example
+    -------
+    >>> check_name("hongkong")
+    'hongkong'
+    """
+    if not v.strip():
+        raise ValueError("must not be empty")
+    if "/" in v or "\\" in v or "\0" in v or v in (".", ".."):
+        raise ValueError(f"{v!r} must be a single file name (no '/', '\\', '.' or '..')")
+    return v
+
+
+def check_relative_path(v: str) -> str:
+    """``v`` if it is a relative path that stays inside its folder (``a/b.csv``, no ``..``).
+
+    Example
+    -------
+    >>> check_relative_path("jiangxi/yushan/yushan.csv")
+    'jiangxi/yushan/yushan.csv'
+    """
+    if not v.strip():
+        raise ValueError("must not be empty")
+    parts = v.split("/")
+    if "\\" in v or "\0" in v or re.match(r"^[A-Za-z]:", v) or \
+            any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{v!r} must be a relative path inside the folder ('/' between "
+                         "names; no '..', '.', empty part, leading '/', '\\' or drive)")
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -34,6 +70,8 @@ class LocalCopy(_Model):
 
     name: str = Field(description="Path of the file relative to the data directory.")
     sha256: str = Field(description="sha256 of that file.")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_relative_path(v)))
 
     @field_validator("sha256")
     @classmethod
@@ -59,6 +97,11 @@ class FileRef(_Model):
     name: str | None = Field(None, description="Relative path inside a data dir / the cache.")
     local_copies: list[LocalCopy] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        return v if v is None else check_relative_path(v)
+
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: str | None) -> str | None:
@@ -75,6 +118,12 @@ class FileRef(_Model):
             raise ValueError("give exactly one of 'path' or 'url'")
         if self.url is not None and self.sha256 is None:
             raise ValueError("a 'url' needs its 'sha256' so the download can be checked")
+        if self.url is not None and self.name is None:
+            try:
+                check_name(self.cache_name)
+            except ValueError:
+                raise ValueError(f"url: its last part {self.cache_name!r} cannot name the "
+                                 "downloaded file; give 'name'") from None
         return self
 
     @property
@@ -247,7 +296,8 @@ class AoiSpec(_Model):
 class RegionSpec(_Model):
     """One region: factors plus either an inventory (raster region) or samples (table)."""
 
-    name: str = Field(description="Short name, used for run folders.")
+    name: str = Field(description="Short name, used for run folders and map file names "
+                      "(one file name: no '/', '\\' or '..').")
     description: str = ""
     citation: str = ""
     crs: str | None = Field(None, description="Grid CRS; default the first factor raster's.")
@@ -267,6 +317,8 @@ class RegionSpec(_Model):
     # set by load_region, not part of the YAML
     base_dir: Path = Field(default=Path("."), exclude=True)
     source_file: Path | None = Field(default=None, exclude=True)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @field_validator("crs")
     @classmethod

@@ -9,7 +9,11 @@ Order of places looked at, first match wins:
 3. the download cache (``LSM_CACHE``, default the platform cache dir), where a
    file is kept once downloaded; a cached file is re-checked before use;
 4. a download from ``url`` with pooch (progress bar, sha256 check).  A file
-   whose checksum differs is refused and not kept.
+   whose checksum differs is refused and not kept; a stale cached file is
+   replaced only once a good download is complete.
+
+Names (``name``, ``local_copies``) are relative paths that stay inside the
+data directory or the cache: nothing is read, written or deleted elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lsm.config.spec import FileRef
+from lsm.config.spec import FileRef, check_relative_path
 from lsm.errors import ChecksumError, DataError, SpecError
 from lsm.io.artifacts import sha256_file
 
@@ -72,19 +76,27 @@ def resolve_file(ref: FileRef, *, base_dir: Path, where: str, progress: bool = T
     assert ref.url is not None and ref.sha256 is not None
     ddir = data_dir()
     if ddir is not None:
-        cand = ddir / ref.cache_name
+        cand = _below(ddir, ref.cache_name, where)
         if cand.exists():
             return _check(cand, ref.sha256, where)
         for copy in ref.local_copies:
-            cand = ddir / copy.name
+            cand = _below(ddir, copy.name, where)
             if cand.exists():
                 return _check(cand, copy.sha256, where)
-    cached = cache_dir() / ref.cache_name
-    if cached.exists():
-        if sha256_file(cached) == ref.sha256:
-            return cached
-        cached.unlink()  # stale or corrupt: fetch again
+    cached = _below(cache_dir(), ref.cache_name, where)
+    if cached.is_file() and sha256_file(cached) == ref.sha256:
+        return cached
+    # stale or corrupt: pooch downloads to a temp file and replaces it only when it checks out
     return download(ref.url, ref.sha256, cached, where=where, progress=progress)
+
+
+def _below(folder: Path, name: str, where: str) -> Path:
+    """``folder / name``, refusing a name that would leave ``folder`` (``..``, absolute)."""
+    try:
+        check_relative_path(name)
+    except ValueError as err:
+        raise SpecError(f"{where}: name: {err}") from None
+    return folder / name
 
 
 def download(url: str, sha256: str, dest: Path, *, where: str, progress: bool = True) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from lsm.config.spec import check_name
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import read_json, write_json
 from lsm.stack.features import FeatureSchema
@@ -86,6 +87,11 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
     meta = read_json(path / MODEL_JSON)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"{path / MODEL_JSON}: not an lsm run file of format {FORMAT_VERSION}")
+    if "region" in meta:  # names the next run's folder and map files
+        try:
+            check_name(str(meta["region"]))
+        except ValueError as err:
+            raise ArtifactError(f"{path / MODEL_JSON}: region: {err}") from None
     have = list(meta.get("families", []))
     wanted = families or have
     missing = [f for f in wanted if f not in have]

@@ -113,6 +113,51 @@ def test_raster_spec_errors_are_one_line(tmp_path: Path, mutate: Any, key: str,
         assert w in msg, msg
 
 
+def _url(**kw: Any) -> dict[str, Any]:
+    return {"url": "https://example.org/data/e.tif", "sha256": SHA, **kw}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "words"),
+    [
+        (lambda d: d.update(name="../../../../X"), "name", ["'../../../../X'", "single file"]),
+        (lambda d: d.update(name="a/b"), "name", ["single file"]),
+        (lambda d: d.update(name="a\\b"), "name", ["single file"]),
+        (lambda d: d.update(name=".."), "name", ["single file"]),
+        (lambda d: d.update(name=" "), "name", ["must not be empty"]),
+        (lambda d: d["factors"]["elevation"].update(path=_url(name="../victim/important.txt")),
+         "factors.elevation.path.name", ["'../victim/important.txt'", "inside the folder"]),
+        (lambda d: d["factors"]["elevation"].update(path=_url(name="/etc/passwd")),
+         "factors.elevation.path.name", ["inside the folder"]),
+        (lambda d: d["factors"]["elevation"].update(path=_url(name="a//b.tif")),
+         "factors.elevation.path.name", ["inside the folder"]),
+        (lambda d: d["factors"]["elevation"].update(path=_url(
+            local_copies=[{"name": "x/../../y.csv", "sha256": SHA}])),
+         "factors.elevation.path.local_copies.0.name", ["inside the folder"]),
+        (lambda d: d["inventory"].update(path={"url": "https://example.org/..", "sha256": SHA}),
+         "inventory.path", ["'..' cannot name the downloaded file"]),
+    ],
+    ids=["region-up", "region-slash", "region-backslash", "region-dotdot", "region-empty",
+         "file-up", "file-absolute", "file-empty-part", "copy-up", "url-dotdot"],
+)
+def test_names_that_leave_their_folder_are_refused(tmp_path: Path, mutate: Any, key: str,
+                                                   words: list[str]) -> None:
+    data = copy.deepcopy(raster_spec())
+    mutate(data)
+    msg = spec_error(tmp_path, data)
+    assert f": {key}: " in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_nested_file_names_stay_allowed() -> None:
+    spec = parse_region(raster_spec(name="my-region_2", inventory={
+        "path": _url(name="jiangxi/yushan/points.gpkg",
+                     local_copies=[{"name": "jiangxi/yushan/p.csv", "sha256": SHA}])}))
+    assert spec.inventory is not None and spec.inventory.path.cache_name == \
+        "jiangxi/yushan/points.gpkg"
+
+
 def test_table_factor_with_path_is_an_error(tmp_path: Path) -> None:
     data = table_spec()
     data["factors"]["slope"] = {"path": "slope.tif"}

@@ -228,3 +228,35 @@ def test_region_with_url_factor_builds_a_stack(server: Server, cache: Path, tmp_
     assert ds.elevation.attrs["source"] == "dem.tif"
     assert (cache / "remote" / "dem.tif").is_file()
     assert server.hits == {"/data/dem.tif": 1}
+
+
+def test_fetch_never_writes_or_deletes_outside_the_cache(server: Server, cache: Path,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A name that leaves the cache (built around the spec checks) is refused, files kept."""
+    victim = tmp_path / "victim" / "important.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    cache.mkdir()
+    evil = FileRef.model_construct(url=f"{server.url}/data/table.csv", sha256=SHA,
+                                   name="../victim/important.txt", path=None, local_copies=[])
+    with pytest.raises(SpecError, match="name: '../victim/important.txt'"):
+        resolve_file(evil, base_dir=tmp_path, where=WHERE, progress=False)
+    monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SpecError, match="inside the folder"):
+        resolve_file(evil, base_dir=tmp_path, where=WHERE, progress=False)
+    assert victim.read_bytes() == b"precious"
+    assert server.hits == {}
+
+
+def test_failed_download_keeps_the_file_already_there(cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    cache.mkdir()
+    (cache / "gone.csv").write_bytes(b"an older version")
+    url = f"http://127.0.0.1:{_closed_port()}/gone.csv"
+    with pytest.raises(DataError, match="cannot download"):
+        resolve_file(FileRef(url=url, sha256=SHA), base_dir=tmp_path, where=WHERE,
+                     progress=False)
+    assert (cache / "gone.csv").read_bytes() == b"an older version"
