@@ -2,12 +2,15 @@
 
 Points are grouped into square blocks of ``block_size`` map units; whole
 blocks are assigned to folds, so no block is split between training and
-testing.  Tables without coordinates fall back to random folds.
+testing.  Tables without coordinates fall back to random folds.  Fewer
+blocks (or points) than folds is an error, never silently fewer folds.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from lsm.errors import SamplingError
 
 
 def default_block_size(x: np.ndarray, y: np.ndarray, *, per_side: int = 6) -> float:
@@ -31,10 +34,19 @@ def spatial_folds(x: np.ndarray, y: np.ndarray, *, n_folds: int = 5,
 
     Blocks are shuffled (seeded) and dealt to the fold with the fewest points
     so far, so folds are spatially disjoint and about equally large.
+
+    Raises
+    ------
+    SamplingError
+        When the points fall into fewer blocks than ``n_folds``.
     """
     bs = block_size or default_block_size(x, y)
     ids = block_ids(x, y, bs)
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    if len(uniq) < n_folds:
+        raise SamplingError(f"the points fall into {len(uniq)} spatial block(s) of "
+                            f"{bs:g} map units, fewer than the {n_folds} folds asked for; "
+                            "lower folds.block_size or folds.n_folds")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
     # largest blocks first (in shuffled order among equals) keeps folds balanced
@@ -49,5 +61,8 @@ def spatial_folds(x: np.ndarray, y: np.ndarray, *, n_folds: int = 5,
 
 
 def random_folds(n: int, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold id (0..n_folds-1) per row, at random, as balanced as ``n`` allows."""
+    if n < n_folds:
+        raise SamplingError(f"{n} rows cannot make {n_folds} folds; lower folds.n_folds")
     rng = np.random.default_rng(seed)
     return (rng.permutation(n) % n_folds).astype("int16")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,15 +63,51 @@ def load_region_data(spec: RegionSpec, *, progress: bool = True,
     return _raster_region(spec, kinds, progress)
 
 
-def _finish(spec: RegionSpec, table: pd.DataFrame, has_xy: bool, notes: list[str]
-            ) -> tuple[pd.DataFrame, str]:
+def _geographic(crs: Any) -> str | None:
+    """The name of ``crs`` if it is geographic (units: degrees), else None."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        c = CRS.from_user_input(crs)
+    except CRSError:
+        return None
+    return c.name if c.is_geographic else None
+
+
+def _check_distance_units(spec: RegionSpec, crs: Any, notes: list[str]) -> None:
+    """Warn when distances of the spec will be read in degrees but look like metres."""
+    name = _geographic(crs)
+    if name is None:
+        return
+    keys = {"folds.block_size": spec.folds.block_size}
+    if not spec.is_table:
+        keys["absences.min_distance"] = spec.absences.min_distance
+    for key, value in keys.items():
+        if value is not None and value > 1.0:  # one degree is about 111 km
+            msg = (f"{spec.where(key)}: {value:g} is read in degrees, since the CRS ({name}) "
+                   "is geographic, and looks like metres; give it in degrees or use a "
+                   "projected CRS")
+            notes.append(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _finish(spec: RegionSpec, table: pd.DataFrame, has_xy: bool, notes: list[str],
+            crs: Any = None) -> tuple[pd.DataFrame, str]:
     fs = spec.folds
-    if has_xy:
-        table["fold"] = spatial_folds(table["x"].to_numpy(), table["y"].to_numpy(),
-                                      n_folds=fs.n_folds, block_size=fs.block_size, seed=fs.seed)
-        return table, "spatial"
-    notes.append("no coordinates: folds and hold-outs are random, not spatial")
-    table["fold"] = random_folds(len(table), n_folds=fs.n_folds, seed=fs.seed)
+    try:
+        if has_xy:
+            table["fold"] = spatial_folds(table["x"].to_numpy(), table["y"].to_numpy(),
+                                          n_folds=fs.n_folds, block_size=fs.block_size,
+                                          seed=fs.seed)
+            return table, "spatial"
+        notes.append("no coordinates: folds and hold-outs are random, not spatial")
+        table["fold"] = random_folds(len(table), n_folds=fs.n_folds, seed=fs.seed)
+    except SamplingError as err:
+        units = " (degrees: the CRS is geographic)" if has_xy and _geographic(crs) else ""
+        raise SamplingError(f"{spec.where('folds')}: {err}{units}") from None
     return table, "random"
 
 
@@ -115,7 +152,9 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
             num = pd.to_numeric(col, errors="coerce")
             table[f] = clean_values(num, src)
     table["label"] = labels
-    table, split = _finish(spec, table, has_xy, notes)
+    if has_xy:
+        _check_distance_units(spec, s.crs, notes)
+    table, split = _finish(spec, table, has_xy, notes, s.crs)
     stats = table_statistics(table, kinds)
     table.attrs["crs"] = s.crs
     return RegionData(spec, table, stats, kinds, None, split, notes, checksums)
@@ -164,6 +203,7 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
             checksums[key] = ref.sha256 or ""
     ds = ds[list(kinds)]
     grid = stack_grid(ds)
+    _check_distance_units(spec, grid.crs, notes)
     inv = _inventory(spec, grid.crs, checksums, progress)
     t, w, h = grid.transform, grid.width, grid.height
     valid = valid_mask(ds).compute().to_numpy()
@@ -216,7 +256,7 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
         v = values[f].to_numpy()
         table[f] = category_names(v, spec.factors.get(f)) if kinds[f] == "categorical" else v
     table["label"] = lab
-    table, split = _finish(spec, table, True, notes)
+    table, split = _finish(spec, table, True, notes, grid.crs)
     stats = stack_statistics(
         ds, kinds,
         category_names=lambda f, codes: list(category_names(np.asarray(codes),

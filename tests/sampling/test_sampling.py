@@ -191,6 +191,59 @@ def test_table_with_coordinates_gets_spatial_folds(tmp_path: Path, write_spec: A
         assert data.table["fold"][ids == b].nunique() == 1
 
 
+def test_fewer_blocks_or_rows_than_folds_is_an_error() -> None:
+    x, y = scattered()
+    with pytest.raises(SamplingError, match="1 spatial block.*fewer than the 5 folds"):
+        spatial_folds(x, y, n_folds=5, block_size=10_000.0)
+    with pytest.raises(SamplingError, match="3 rows cannot make 5 folds"):
+        random_folds(3, n_folds=5)
+
+
+def test_table_in_degrees_with_block_size_in_metres(tmp_path: Path, write_spec: Any) -> None:
+    """block_size: 600 on lon/lat points is 600 degrees: warn, then a clear fold error."""
+    x, y = scattered(200, seed=3)
+    pd.DataFrame({"lon": 8.0 + x / 1e5, "lat": 46.0 + y / 1e5, "DEM": x / 10,
+                  "label": np.arange(200) % 2}).to_csv(tmp_path / "pts.csv", index=False)
+    spec = {"name": "pts", "samples": {"path": "pts.csv", "x": "lon", "y": "lat",
+                                       "crs": "EPSG:4326"},
+            "factors": {"elevation": {"column": "DEM"}}, "folds": {"block_size": 600.0}}
+    path = write_spec(tmp_path / "pts.yaml", spec)
+    with pytest.warns(UserWarning, match=r"folds\.block_size: 600 is read in degrees.*WGS 84"), \
+            pytest.raises(SamplingError) as err:
+        load_region_data(load_region(path), progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: folds: the points fall into 1 spatial block")
+    assert "(degrees: the CRS is geographic)" in msg and "\n" not in msg
+    spec["folds"] = {"block_size": 0.01}  # in degrees: fine, and no warning
+    path = write_spec(tmp_path / "ok.yaml", spec)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = load_region_data(load_region(path), progress=False)
+    assert data.table["fold"].nunique() == 5 and not data.notes
+
+
+def test_raster_region_in_degrees_warns_about_min_distance(tmp_path: Path, write_tif: Any,
+                                                           write_spec: Any) -> None:
+    import geopandas as gpd
+
+    rng = np.random.default_rng(0)
+    res, (x0, y0) = 0.001, (8.0, 46.0)
+    write_tif(tmp_path / "dem.tif", rng.uniform(0, 900, (40, 48)).astype("float32"),
+              crs="EPSG:4326", origin=(x0, y0), res=res)
+    rows, cols = rng.integers(2, 38, 15), rng.integers(2, 46, 15)
+    pts = [Point(x0 + res * (c + 0.5), y0 - res * (r + 0.5)) for r, c in zip(rows, cols)]
+    gpd.GeoDataFrame(geometry=pts, crs="EPSG:4326").to_file(tmp_path / "pts.gpkg")
+    path = write_spec(tmp_path / "geo.yaml", {
+        "name": "geo", "factors": {"elevation": {"path": "dem.tif"}},
+        "inventory": {"path": "pts.gpkg"}, "absences": {"min_distance": 25.0},
+        "folds": {"n_folds": 3, "block_size": 0.01}})
+    with pytest.warns(UserWarning, match=r"absences\.min_distance: 25 is read in degrees"), \
+            pytest.raises(SamplingError, match="absences"):
+        load_region_data(load_region(path), progress=False)
+
+
 # ---------------------------------------------------------------------------
 # hold-outs and shots
 
