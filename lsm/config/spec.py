@@ -215,9 +215,18 @@ class InventorySpec(_Model):
     crs: str | None = Field(None, description="CRS of the inventory; default the file's own.")
     x: str | None = Field(None, description="CSV: x column.")
     y: str | None = Field(None, description="CSV: y column.")
-    label: str | None = Field(
-        None, description="0/1 column: when present, rows are used as given (no absences drawn)."
+    label: str | Literal[False] | None = Field(
+        None, description="0/1 column: rows are used as given (no absences drawn). Unset: a "
+        "0/1 column named label, landslide(s), class or presence holding both values is used, "
+        "with a warning. false: every row is a landslide, whatever its columns."
     )
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, v: Any) -> Any:
+        if v is True or (v is not None and v is not False and not isinstance(v, str)):
+            raise ValueError(f"{v!r}: give the name of a 0/1 column, or false")
+        return v
     polygons: Literal["centroid", "all_pixels"] = Field(
         "centroid",
         description="How polygons become presence points: their centroid (one point each, the "

@@ -185,6 +185,33 @@ def _inventory(spec: RegionSpec, crs: Any, checksums: dict[str, str], progress: 
     return df
 
 
+#: Column names (any case) that, holding 0/1 values, obviously label an inventory's rows.
+LABEL_NAMES = ("label", "landslide", "landslides", "class", "presence")
+
+
+def _detect_label(spec: RegionSpec, inv: Any, notes: list[str]) -> str | None:
+    """The inventory's obvious 0/1 label column when the spec names none (with a warning).
+
+    Without it every row, the 0s included, would be taken for a landslide.
+    """
+    for col in inv.columns:
+        if str(col).strip().lower() not in LABEL_NAMES or col == inv.geometry.name:
+            continue
+        try:
+            lab = parse_labels(inv[col], where="")
+        except DataError:
+            continue
+        if lab.size and lab.min() == 0 and lab.max() == 1:
+            msg = (f"{spec.where('inventory.label')}: not set, but the inventory's column "
+                   f"{col!r} holds 0/1 values ({int((lab == 0).sum())} zeros): used as labels, "
+                   f"0 = not a landslide, no absences drawn; set inventory.label: {col} to "
+                   "confirm, or false to take every row as a landslide")
+            notes.append(msg)
+            warnings.warn(msg, UserWarning, stacklevel=4)
+            return str(col)
+    return None
+
+
 def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> RegionData:
     from lsm.sampling.points import (
         extract_values,
@@ -209,8 +236,11 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
     valid = valid_mask(ds).compute().to_numpy()
 
     label_col = spec.inventory.label if spec.inventory else None
+    detected = label_col is None
+    if detected:
+        label_col = _detect_label(spec, inv, notes)
     labels_given = None
-    if label_col is not None:
+    if label_col:
         require_columns(inv, [label_col], where=spec.where("inventory.label"))
         labels_given = parse_labels(inv[label_col], where=spec.where("inventory.label"))
     geom_types = set(inv.geom_type.unique())
@@ -222,6 +252,11 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
         if (~inside).any():
             notes.append(f"{int((~inside).sum())} inventory points lie outside the grid, skipped")
     elif spec.inventory is not None and spec.inventory.polygons == "all_pixels":
+        if labels_given is not None and detected:
+            raise SpecError(f"{spec.where('inventory.label')}: column {label_col!r} holds 0/1 "
+                            "labels, which 'polygons: all_pixels' cannot use; set "
+                            "inventory.label: false if every polygon is a landslide, or use "
+                            "polygons: centroid")
         if labels_given is not None:
             raise SpecError(f"{spec.where('inventory.polygons')}: 'all_pixels' with a label "
                             "column is not supported; use centroid")

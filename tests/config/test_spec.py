@@ -374,3 +374,11 @@ def test_example_specs_parse(name: str) -> None:
     path = Path(__file__).resolve().parents[2] / "examples" / name
     spec = parse_region(load_yaml(path), source=str(path))
     assert spec.factors
+
+
+def test_inventory_label_false_round_trips_and_true_is_refused(tmp_path: Path) -> None:
+    spec = parse_region(raster_spec(inventory={"path": "points.gpkg", "label": False}))
+    assert spec.inventory is not None and spec.inventory.label is False
+    assert parse_region(yaml.safe_load(dump_region(spec))).inventory.label is False
+    msg = spec_error(tmp_path, raster_spec(inventory={"path": "points.gpkg", "label": True}))
+    assert ": inventory.label: " in msg

@@ -219,7 +219,7 @@ def test_table_in_degrees_with_block_size_in_metres(tmp_path: Path, write_spec: 
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         data = load_region_data(load_region(path), progress=False)
     assert data.table["fold"].nunique() == 5 and not data.notes
 
@@ -384,6 +384,73 @@ def test_inventory_with_label_column_used_as_given(tiny_region: dict[str, Any],
     np.testing.assert_array_equal(t["row"].to_numpy(), r)
     np.testing.assert_array_equal(t["label"].to_numpy(), (lab == "TRUE").astype(int))
     assert any("used as given" in n for n in region.notes)
+
+
+def _labelled_inventory(tiny_region: dict[str, Any], column: str, values: np.ndarray,
+                        fmt: str) -> dict[str, Any]:
+    """A 20-point inventory with one extra ``column``; returns its spec's inventory entry."""
+    import geopandas as gpd
+
+    rng = np.random.default_rng(1)
+    r, c = rng.integers(2, 38, 20), rng.integers(2, 46, 20)
+    x, y = X0 + RES * (c + 0.5), Y0 - RES * (r + 0.5)
+    if fmt == "csv":
+        pd.DataFrame({"x": x, "y": y, column: values}).to_csv(tiny_region["dir"] / "inv.csv",
+                                                              index=False)
+        return {"path": "inv.csv", "x": "x", "y": "y", "crs": "EPSG:32633"}
+    gpd.GeoDataFrame({column: values}, geometry=gpd.points_from_xy(x, y),
+                     crs="EPSG:32633").to_file(tiny_region["dir"] / "inv.gpkg", engine="pyogrio")
+    return {"path": "inv.gpkg"}
+
+
+@pytest.mark.parametrize(("column", "fmt"), [("label", "gpkg"), ("Landslide", "csv"),
+                                             ("class", "gpkg"), ("presence", "csv")])
+def test_obvious_label_column_is_used_with_a_warning(tiny_region: dict[str, Any],
+                                                     write_spec: Any, column: str,
+                                                     fmt: str) -> None:
+    """A 0/1 'label' column without inventory.label: the zeros are not landslides."""
+    values = np.arange(20) % 2
+    data = copy.deepcopy(tiny_region["spec"])
+    data["inventory"] = _labelled_inventory(tiny_region, column, values, fmt)
+    spec = load_region(write_spec(tiny_region["dir"] / "auto.yaml", data))
+    with pytest.warns(UserWarning, match=rf"inventory\.label: not set, .*'{column}'.*10 zeros"):
+        region = load_region_data(spec, progress=False)
+    t = region.table
+    assert len(t) == 20 and (t["label"] == 1).sum() == 10  # used as given, no absences
+    np.testing.assert_array_equal(t["label"].to_numpy(), values)
+    assert any("used as labels" in n for n in region.notes)
+
+
+def test_label_false_takes_every_row_as_a_landslide(tiny_region: dict[str, Any],
+                                                    write_spec: Any) -> None:
+    import warnings
+
+    data = copy.deepcopy(tiny_region["spec"])
+    data["inventory"] = {**_labelled_inventory(tiny_region, "label", np.arange(20) % 2,
+                                               "gpkg"), "label": False}
+    spec = load_region(write_spec(tiny_region["dir"] / "off.yaml", data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        t = load_region_data(spec, progress=False).table
+    assert (t["label"] == 1).sum() == 20 and (t["label"] == 0).sum() == 40  # ratio 2
+
+
+@pytest.mark.parametrize(("column", "values"), [
+    ("class", np.arange(20) % 3 + 1),   # a landslide type, not a 0/1 label
+    ("label", np.ones(20, dtype=int)),  # all landslides: absences are still drawn
+    ("size", np.arange(20) % 2),        # not a label's name
+])
+def test_other_columns_are_not_taken_for_labels(tiny_region: dict[str, Any], write_spec: Any,
+                                                column: str, values: np.ndarray) -> None:
+    import warnings
+
+    data = copy.deepcopy(tiny_region["spec"])
+    data["inventory"] = _labelled_inventory(tiny_region, column, values, "gpkg")
+    spec = load_region(write_spec(tiny_region["dir"] / "plain.yaml", data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        t = load_region_data(spec, progress=False).table
+    assert (t["label"] == 1).sum() == 20 and (t["label"] == 0).sum() == 40
 
 
 def test_no_landslide_on_valid_pixels_is_an_error(tiny_region: dict[str, Any],
