@@ -42,7 +42,10 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
     family: ClassVar[str] = ""
 
     @abstractmethod
-    def fit(self, X: Any, y: Any) -> LsmClassifier: ...
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LsmClassifier:
+        """Train on ``X`` and labels ``y``; ``sample_weight`` (n_samples,) weighs each row's
+        loss as scikit-learn does (an integer weight acts like repeating the row, 0 removes
+        its influence on the fit)."""
 
     @abstractmethod
     def predict_proba(self, X: Any) -> np.ndarray: ...
@@ -59,6 +62,21 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
     @abstractmethod
     def load(cls, directory: Path) -> LsmClassifier:
         """Read a model written by :meth:`save` (never executes code from the files)."""
+
+
+def check_weights(sample_weight: Any, X: np.ndarray) -> np.ndarray | None:
+    """Validated float64 ``sample_weight`` for ``X`` (None stays None).
+
+    Weights must be finite and non-negative, one per row, and not all zero
+    (:class:`ValueError` otherwise).  The array is a copy: fitting never writes
+    into the caller's weights.
+    """
+    if sample_weight is None:
+        return None
+    from sklearn.utils.validation import _check_sample_weight
+
+    return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True,
+                                copy=True)
 
 
 def get_family(name: str) -> type[LsmClassifier]:

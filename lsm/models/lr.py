@@ -28,6 +28,7 @@ from lsm.io.artifacts import read_json, write_json, write_manifest
 from lsm.models.base import (
     META,
     LsmClassifier,
+    check_weights,
     meta_dict,
     params_from_meta,
     register,
@@ -72,8 +73,10 @@ class LogisticModel(LsmClassifier):
         self.class_weight = class_weight
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> LogisticModel:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LogisticModel:
+        """Fit on ``X``, ``y``; ``sample_weight`` multiplies each row's log-loss term."""
         X, y = validate_data(self, X, y, dtype=np.float64)
+        sample_weight = check_weights(sample_weight, X)
         check_classification_targets(y)
         classes = np.unique(y)
         if classes.size < 2:
@@ -81,7 +84,7 @@ class LogisticModel(LsmClassifier):
                              f"got only one class ({classes[0]!r})")
         est = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol,
                                  class_weight=self.class_weight, random_state=self.random_state)
-        est.fit(X, y)
+        est.fit(X, y, sample_weight=sample_weight)
         self.classes_ = est.classes_
         self.coef_ = np.array(est.coef_, dtype=np.float64)
         self.intercept_ = np.array(est.intercept_, dtype=np.float64)

@@ -45,7 +45,7 @@ from lsm.io.artifacts import (
     write_json,
     write_manifest,
 )
-from lsm.models.base import LsmClassifier, register
+from lsm.models.base import LsmClassifier, check_weights, register
 
 if TYPE_CHECKING:
     import torch
@@ -238,32 +238,44 @@ class MLPModel(LsmClassifier):
         return y01.astype(np.float32)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: Any, y: Any) -> MLPModel:
-        """Train on ``X`` (n_samples, n_features) and binary labels ``y``."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPModel:
+        """Train on ``X`` (n_samples, n_features) and binary labels ``y``.
+
+        ``sample_weight`` weighs each row's cross-entropy, in training and in the
+        early-stopping validation loss, and the input centring/scaling; a row of
+        weight 0 has no influence.  Mini-batches are drawn over rows, so integer
+        weights only approximate repeated rows.
+        """
         import torch
 
         X, y = validate_data(self, X, y, dtype=np.float64)
+        w = check_weights(sample_weight, X)
         self._check_params()
         y01 = self._binary_targets(y)
         device = resolve_device(self.device)
 
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
+        if w is None:
+            mean = X.mean(axis=0)
+            scale = X.std(axis=0)
+        else:
+            mean = np.average(X, axis=0, weights=w)
+            scale = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=w))
         # Constant columns: leave them centred at 0 instead of dividing by ~0.
         scale[scale < 1e-12] = 1.0
         self.input_mean_, self.input_scale_ = mean, scale
 
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        idx_tr, idx_va = self._split(y01, seed)
+        idx_tr, idx_va = self._split(y01, seed, w)
 
         fork = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork), training_threads(device):
             torch.manual_seed(seed)
-            self._train(self._scaled(X), y01, idx_tr, idx_va, device, seed)
+            self._train(self._scaled(X), y01, idx_tr, idx_va, device, seed, w)
         return self
 
-    def _split(self, y01: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def _split(self, y01: np.ndarray, seed: int,
+               w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n = len(y01)
         idx = np.arange(n)
         n_val = int(math.ceil(n * self.validation_fraction))
@@ -271,16 +283,19 @@ class MLPModel(LsmClassifier):
         if n_val < _MIN_VALIDATION or counts.min() < 2 or n - n_val < 2:
             return idx, idx[:0]
         idx_tr, idx_va = train_test_split(idx, test_size=n_val, stratify=y01, random_state=seed)
+        if w is not None and (w[idx_va].sum() <= 0 or w[idx_tr].sum() <= 0):
+            return idx, idx[:0]  # a weightless side: no early stopping rather than 0/0
         return np.sort(idx_tr), np.sort(idx_va)
 
     def _train(self, Xs: np.ndarray, y01: np.ndarray, idx_tr: np.ndarray, idx_va: np.ndarray,
-               device: torch.device, seed: int) -> None:
+               device: torch.device, seed: int, w: np.ndarray | None = None) -> None:
         import torch
 
         net = build_net(Xs.shape[1], self._layer_sizes(), float(self.dropout)).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.learning_rate),
                                weight_decay=float(self.weight_decay))
         loss_fn = torch.nn.BCEWithLogitsLoss()
+        row_loss = torch.nn.BCEWithLogitsLoss(reduction="none")
         use_amp = bool(self.mixed_precision) and device.type == "cuda"
         amp_dtype = torch.bfloat16
         if use_amp and not torch.cuda.is_bf16_supported():
@@ -292,6 +307,15 @@ class MLPModel(LsmClassifier):
         tr = torch.from_numpy(idx_tr).to(device)
         va = torch.from_numpy(idx_va).to(device)
         n_tr, bs = len(idx_tr), int(self.batch_size)
+        # Weights scaled to mean 1 over the training rows: a batch's mean weighted loss
+        # is then an unbiased estimate of the weighted mean loss, whatever the weights' scale.
+        wt = None if w is None else torch.from_numpy(
+            (w / w[idx_tr].mean()).astype(np.float32)).to(device)
+
+        def batch_loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            if wt is None:
+                return loss_fn(logits, yt[rows])
+            return (row_loss(logits, yt[rows]) * wt[rows]).mean()
         gen = torch.Generator().manual_seed(seed)
 
         best_loss, best_epoch, best_state = math.inf, 0, None
@@ -307,7 +331,7 @@ class MLPModel(LsmClassifier):
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(Xt[rows]).squeeze(1)
-                loss = loss_fn(logits.float(), yt[rows])
+                loss = batch_loss(logits.float(), rows)
                 grad_scaler.scale(loss).backward()
                 grad_scaler.step(opt)
                 grad_scaler.update()
@@ -318,7 +342,11 @@ class MLPModel(LsmClassifier):
                 continue
             net.eval()
             with torch.no_grad():
-                val = float(loss_fn(net(Xt[va]).squeeze(1), yt[va]))
+                if wt is None:
+                    val = float(loss_fn(net(Xt[va]).squeeze(1), yt[va]))
+                else:
+                    val = float((row_loss(net(Xt[va]).squeeze(1), yt[va]) * wt[va]).sum()
+                                / wt[va].sum())
             self.validation_loss_curve_.append(val)
             if self.verbose:
                 print(f"epoch {epoch}: train loss {self.loss_curve_[-1]:.5f}, "

@@ -35,6 +35,7 @@ from lsm.io.artifacts import read_arrays, write_arrays, write_json, write_manife
 from lsm.models.base import (
     META,
     LsmClassifier,
+    check_weights,
     meta_dict,
     params_from_meta,
     register,
@@ -86,8 +87,11 @@ class RandomForestModel(LsmClassifier):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> RandomForestModel:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RandomForestModel:
+        """Fit the forest; ``sample_weight`` weighs rows in every split and leaf (the
+        bootstrap draws rows uniformly, so integer weights only approximate repeated rows)."""
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        sample_weight = check_weights(sample_weight, X)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         cw = self.class_weight
@@ -98,7 +102,7 @@ class RandomForestModel(LsmClassifier):
             n_estimators=self.n_estimators, max_depth=self.max_depth,
             min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
             class_weight=cw, n_jobs=self.n_jobs, random_state=self.random_state,
-        ).fit(X, y_idx)
+        ).fit(X, y_idx, sample_weight=sample_weight)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

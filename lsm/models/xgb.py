@@ -27,6 +27,7 @@ from lsm.io.artifacts import atomic_write_bytes, write_json, write_manifest
 from lsm.models.base import (
     META,
     LsmClassifier,
+    check_weights,
     meta_dict,
     params_from_meta,
     register,
@@ -84,10 +85,13 @@ class XGBModel(LsmClassifier):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> XGBModel:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> XGBModel:
+        """Boost on ``X``, ``y``; ``sample_weight`` is the DMatrix row weight (it scales each
+        row's gradient and hessian, so ``min_child_weight`` counts weighted rows)."""
         import xgboost as xgb
 
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        sample_weight = check_weights(sample_weight, X)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         k = len(self.classes_)
@@ -101,7 +105,7 @@ class XGBModel(LsmClassifier):
             "tree_method": self.tree_method, "seed": xgb_seed(self.random_state),
             "verbosity": 0, **xgb_objective(k), **xgb_threads(self.n_jobs),
         }
-        dtrain = xgb.DMatrix(X, label=y_idx, missing=np.nan,
+        dtrain = xgb.DMatrix(X, label=y_idx, weight=sample_weight, missing=np.nan,
                              nthread=xgb_threads(self.n_jobs)["nthread"] or -1)
         self.booster_ = xgb.train(params, dtrain, num_boost_round=self.n_estimators)
         return self

@@ -23,7 +23,14 @@ SMALL = [
 CLASSES = [RandomForestModel, LogisticModel, XGBModel]
 
 
-@parametrize_with_checks(SMALL)
+def _expected_failures(estimator) -> dict[str, str]:
+    """Weights equal repeated rows only without random row draws (see test_sample_weight)."""
+    why = {RandomForestModel: "bootstrap draws rows, not weights",
+           XGBModel: "subsample < 1 draws rows, not weights"}.get(type(estimator))
+    return {"check_sample_weight_equivalence_on_dense_data": why} if why else {}
+
+
+@parametrize_with_checks(SMALL, expected_failed_checks=_expected_failures)
 def test_sklearn_compatible(estimator, check) -> None:
     check(estimator)
 

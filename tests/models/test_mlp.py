@@ -20,7 +20,9 @@ FAST = {"hidden_layer_sizes": (16,), "max_epochs": 30, "learning_rate": 1e-2,
         "batch_size": 64, "device": "cpu"}
 
 
-@parametrize_with_checks([MLPModel(**FAST)])
+@parametrize_with_checks([MLPModel(**FAST)], expected_failed_checks=lambda est: {
+    "check_sample_weight_equivalence_on_dense_data":
+        "mini-batches and early stopping draw rows, not weights (see test_sample_weight)"})
 def test_sklearn_compatible(estimator, check) -> None:
     check(estimator)
 
