@@ -32,3 +32,32 @@ def summarize(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         out[k] = {"mean": float(fin.mean()) if fin.size else float("nan"),
                   "std": float(fin.std()) if fin.size else float("nan")}
     return out
+
+
+def paired_difference(a: list[float], b: list[float], *,
+                      higher_is_better: bool = True) -> dict[str, float]:
+    """Paired comparison of two arms scored on the same draws: ``a - b``.
+
+    Returns the mean difference with a 95 % t-interval over the draws, the
+    share of draws where ``a`` is strictly better (the win rate: larger, or
+    smaller for a loss with ``higher_is_better=False``), the share of ties,
+    and the two-sided Wilcoxon signed-rank p-value (NaN with fewer than 2
+    non-zero differences).
+    """
+    from scipy import stats
+
+    d = np.asarray(a, dtype="float64") - np.asarray(b, dtype="float64")
+    d = d[np.isfinite(d)]
+    n = d.size
+    out = {"n": float(n), "mean_diff": float(d.mean()) if n else float("nan"),
+           "ci95_low": float("nan"), "ci95_high": float("nan"),
+           "win_rate": float(np.mean(d > 0 if higher_is_better else d < 0)) if n
+           else float("nan"),
+           "tie_rate": float(np.mean(d == 0)) if n else float("nan"),
+           "wilcoxon_p": float("nan")}
+    if n >= 2:
+        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+        out["ci95_low"], out["ci95_high"] = out["mean_diff"] - half, out["mean_diff"] + half
+    if np.count_nonzero(d) >= 2:
+        out["wilcoxon_p"] = float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
+    return out

@@ -1,0 +1,218 @@
+"""The delivered transfer model: source and target models combined on the logit scale.
+
+A :class:`DeliveredModel` is what ``lsm finetune`` maps.  It is built by
+:mod:`lsm.transfer.select` from the target shots alone, and covers every
+transfer strategy that scored well there, in one form::
+
+    z(x) = intercept + sum_m weight_m * logit(member_m(x)) + x @ x_coef + residual(x)
+    P(landslide | x) = sigmoid(z(x))
+
+- *recalibrated source*: one member (a source model), Platt weight and intercept;
+- *offset model*: the source logit plus a ridge logistic regression on the factors;
+- *residual boosting*: a small XGBoost booster trained with the calibrated source
+  logit as its base margin (``residual``), i.e. boosting what the source gets wrong;
+- *target-only*, *stage 1*, *stage 2*: one member with weight 1;
+- *blend*: a weighted sum of a recalibrated source and a target-trained member.
+
+Members are ordinary family models saved in their own code-free formats under
+``members/<name>/``; the head is ``head.json`` and the residual booster
+``residual.ubj`` (UBJSON).  Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from lsm.errors import ArtifactError
+from lsm.io.artifacts import atomic_write_bytes, read_json, write_json, write_manifest
+from lsm.models.base import LsmClassifier, get_family, read_meta, register
+
+#: Member probabilities are clipped to [eps, 1 - eps] before the logit: a forest's
+#: unanimous 0 or 1 would otherwise dominate any combination (|logit| <= 6.9).
+LOGIT_EPS = 1e-3
+HEAD = "head.json"
+RESIDUAL = "residual.ubj"
+MEMBERS = "members"
+
+
+def member_logit(model: Any, X: Any) -> np.ndarray:
+    """Log-odds of the landslide class of a fitted binary family model."""
+    if hasattr(model, "decision_function") and getattr(model, "family", "") == "lr":
+        z = np.asarray(model.decision_function(X), dtype=np.float64)
+        lim = np.log(1 - LOGIT_EPS) - np.log(LOGIT_EPS)
+        return np.clip(z, -lim, lim)
+    p = np.clip(np.asarray(model.predict_proba(X)[:, 1], dtype=np.float64), LOGIT_EPS,
+                1 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def neutralised(X: Any, columns: list[str]) -> Any:
+    """``X`` with ``columns`` set to 0 (their mean after normalisation); a copy if any."""
+    if not columns:
+        return X
+    X = X.copy()
+    if hasattr(X, "columns"):
+        X[list(columns)] = 0.0
+    else:
+        raise TypeError("neutralising factors needs a DataFrame with column names")
+    return X
+
+
+@register
+class DeliveredModel(LsmClassifier):
+    """Logit-scale combination of source and target models (see module docstring).
+
+    Parameters
+    ----------
+    strategy : str
+        Name of the strategy that built the model (``"offset(mlp, lam=10)"``, ...);
+        descriptive only.
+
+    Attributes
+    ----------
+    members_ : dict of str to LsmClassifier
+        Fitted family models whose logits enter the head.
+    weights_ : dict of str to float
+        Coefficient of each member's logit.
+    intercept_ : float
+    x_coef_ : ndarray of shape (n_features,) or None
+        Coefficients of the factors themselves (offset model).
+    booster_ : xgboost.Booster or None
+        Residual booster added to the margin.
+    classes_, n_features_in_, feature_names_in_
+    """
+
+    family = "delivered"
+
+    def __init__(self, *, strategy: str = "") -> None:
+        self.strategy = strategy
+
+    @classmethod
+    def assemble(cls, *, strategy: str, members: dict[str, Any], weights: dict[str, float],
+                 intercept: float, x_coef: np.ndarray | None = None, booster: Any = None,
+                 feature_names: list[str] | None = None, n_features: int,
+                 neutral: dict[str, list[str]] | None = None) -> DeliveredModel:
+        """Build a fitted model from its parts (used by :mod:`lsm.transfer.select`).
+
+        ``neutral`` names, per member, input columns held at 0 (the region's mean
+        after normalisation) before that member predicts: a factor whose meaning
+        differs between source and target is then ignored by that source model.
+        """
+        if set(weights) != set(members):
+            raise ValueError("weights and members must name the same models")
+        neutral = {k: list(v) for k, v in (neutral or {}).items() if v}
+        if set(neutral) - set(members):
+            raise ValueError("neutral columns name unknown members")
+        model = cls(strategy=strategy)
+        model.neutral_ = neutral
+        model.members_ = dict(members)
+        model.weights_ = {k: float(v) for k, v in weights.items()}
+        model.intercept_ = float(intercept)
+        model.x_coef_ = None if x_coef is None else np.asarray(x_coef, dtype=np.float64)
+        model.booster_ = booster
+        model.classes_ = np.array([0, 1])
+        model.n_features_in_ = int(n_features)
+        if feature_names is not None:
+            model.feature_names_in_ = np.asarray(feature_names, dtype=object)
+        return model
+
+    def fit(self, X: Any, y: Any) -> DeliveredModel:
+        raise NotImplementedError(
+            "a DeliveredModel is built from source models and target shots by "
+            "lsm.transfer.select.fit_delivered, not by fit(X, y)")
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Log-odds of a landslide."""
+        check_is_fitted(self, "weights_")
+        frame = X
+        Xa = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        z = np.full(Xa.shape[0], self.intercept_, dtype=np.float64)
+        for name, w in self.weights_.items():
+            if w != 0.0:
+                z += w * member_logit(self.members_[name],
+                                      neutralised(frame, self.neutral_.get(name, [])))
+        if self.x_coef_ is not None:
+            z += np.nan_to_num(Xa) @ self.x_coef_
+        if self.booster_ is not None:
+            import xgboost as xgb
+
+            d = xgb.DMatrix(Xa.astype(np.float32), missing=np.nan, base_margin=z)
+            z = np.asarray(self.booster_.predict(d, output_margin=True), dtype=np.float64)
+        return z
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        p = expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write members (their own formats), ``head.json``, ``residual.ubj``, manifest."""
+        check_is_fitted(self, "weights_")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        for name, m in self.members_.items():
+            files += m.save(directory / MEMBERS / name)
+        head = {
+            "family": self.family, "format": 1, "strategy": self.strategy,
+            "members": {k: getattr(m, "family", "") for k, m in self.members_.items()},
+            "weights": self.weights_, "intercept": self.intercept_, "neutral": self.neutral_,
+            "x_coef": None if self.x_coef_ is None else self.x_coef_.tolist(),
+            "residual": self.booster_ is not None,
+            "n_features_in": self.n_features_in_,
+            "feature_names_in": (None if getattr(self, "feature_names_in_", None) is None
+                                 else [str(n) for n in self.feature_names_in_]),
+        }
+        if self.booster_ is not None:
+            atomic_write_bytes(directory / RESIDUAL,
+                               bytes(self.booster_.save_raw(raw_format="ubj")))
+            files.append(directory / RESIDUAL)
+        files.append(write_json(directory / HEAD, head))
+        # meta.json mirrors the head's identity so read_meta() checks the family
+        files.append(write_json(directory / "meta.json", {"family": self.family, "format": 1,
+                                                          "strategy": self.strategy}))
+        return [*files, write_manifest(directory)]
+
+    @classmethod
+    def load(cls, directory: Path) -> DeliveredModel:
+        """Read a folder written by :meth:`save` (every checksum verified first)."""
+        directory = Path(directory)
+        read_meta(directory, cls.family)  # verifies the manifest, members included
+        head = read_json(directory / HEAD)
+        try:
+            members = {name: get_family(str(fam)).load(directory / MEMBERS / name)
+                       for name, fam in head["members"].items()}
+            x_coef = head.get("x_coef")
+            n = int(head["n_features_in"])
+            model = cls.assemble(
+                strategy=str(head.get("strategy", "")), members=members,
+                weights={k: float(v) for k, v in head["weights"].items()},
+                intercept=float(head["intercept"]),
+                x_coef=None if x_coef is None else np.asarray(x_coef, dtype=np.float64),
+                feature_names=head.get("feature_names_in"), n_features=n,
+                neutral={str(k): [str(c) for c in v]
+                         for k, v in (head.get("neutral") or {}).items()})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{directory / HEAD}: malformed ({err})") from None
+        if model.x_coef_ is not None and model.x_coef_.shape != (n,):
+            raise ArtifactError(f"{directory / HEAD}: x_coef has {model.x_coef_.size} values "
+                                f"for {n} features")
+        if head.get("residual"):
+            import xgboost as xgb
+
+            booster = xgb.Booster()
+            try:
+                booster.load_model(str(directory / RESIDUAL))
+            except xgb.core.XGBoostError as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ArtifactError(f"{directory / RESIDUAL}: not a readable XGBoost model "
+                                    f"({first})") from None
+            booster.set_param({"nthread": 1})
+            model.booster_ = booster
+        return model
