@@ -181,7 +181,9 @@ def stack(
 @app.command()
 def fit(
     source: Annotated[str, typer.Option("--source", "-s", help="Data-rich region: built-in "
-                                        "name or spec path.")] = "hongkong",
+                                        "name or spec path; a comma list pools several "
+                                        "(each normalised with its own statistics, weighted "
+                                        "to count the same).")] = "hongkong",
     model: Annotated[str, typer.Option("--model", "-m", help="Families: rf,lr,xgb,mlp or "
                                        "'all'.")] = "all",
     out: Annotated[Path | None, typer.Option(help="Run folder \\[default: runs/<region>].")] = None,
@@ -207,6 +209,8 @@ def fit(
 
     Writes runs/<region>/: model/<family>/ (code-free artifacts), model.json (feature
     schema, normalisation statistics, checksums), metrics.json, the training table.
+    Several sources (--source a,b) write runs/a+b/ with the factors all of them share,
+    cross-validated on each region's own folds (pooled and per-region scores).
     """
     _set_data_dir(data_dir)
     _check_device(device)
@@ -219,8 +223,25 @@ def fit(
                     command=_command())
     metrics = run_fit(cfg)
     print_fit_metrics(metrics, _console())
+    _print_region_cv(metrics, _console())
     run_dir = Path(cfg.out or Path("runs") / metrics["region"])
     _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
+
+
+def _print_region_cv(metrics: dict[str, Any], console: Any) -> None:
+    """Per-region cross-validation AUC / log-loss of a multi-source fit."""
+    rows = [(fam, r, s["summary"]) for fam, cv in metrics.get("cv", {}).items()
+            for r, s in cv.get("per_region", {}).items()]
+    if not rows:
+        return
+    from rich.table import Table
+
+    t = Table("model", "region", "AUC", "log-loss", title="per source region (its own folds, "
+              "mean ± std)")
+    for fam, region, s in rows:
+        t.add_row(fam, region, *(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                                 for k in ("auc", "log_loss")))
+    console.print(t)
 
 
 @app.command()
@@ -245,6 +266,10 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Run folder \\[default: "
                                              "runs/<source>-to-<target>-k<K>].")] = None,
     device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
+    reweight: Annotated[bool, typer.Option(help="Re-train the source models with importance "
+                                           "weights towards target-like terrain (a domain "
+                                           "classifier on unlabelled target rows; fit runs "
+                                           "only).")] = False,
     predict: Annotated[bool, typer.Option(help="Write susceptibility maps.")] = True,
     explain: Annotated[bool, typer.Option(help="SHAP explanations.")] = True,
     seed: Seed = 0,
@@ -267,7 +292,7 @@ def finetune(
     cfg = FinetuneConfig(target=target, source_run=src, shots=shots, repeats=repeats,
                          models=_families(model) if model else None, seed=seed, out=out,
                          norm=norm, prevalence=prevalence, device=device, anchor=anchor,
-                         progress=not quiet,
+                         reweight=reweight, progress=not quiet,
                          command=_command())
     metrics = run_finetune(cfg)
     print_finetune_metrics(metrics, _console())

@@ -58,6 +58,9 @@ class FinetuneConfig(BaseModel):
         "auto", description="Stage-2 anchoring strength: chosen by cross-validation on the "
         "shots (auto) or each family's fixed default.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    reweight: bool = Field(False, description="Re-train the source models with importance "
+                           "weights p(target|x)/p(source|x) from a domain classifier between "
+                           "the source rows and unlabelled target rows (fit runs only).")
     progress: bool = True
     command: str | None = Field(None, description="Command line that reproduces the run.")
 
@@ -67,9 +70,12 @@ def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
 
     A categorical factor is shared only when both specs map their codes to a
     shared legend (``categories``); otherwise local codes cannot be compared.
+    For a run pretrained on several regions every source spec must map it.
     """
     src_schema = run.schema
-    src_spec = parse_region(yaml.safe_load(run.meta["spec"]), source=str(run.path / "model.json"))
+    texts = run.meta.get("specs") or {run.region: run.meta["spec"]}
+    src_specs = [parse_region(yaml.safe_load(t), source=str(run.path / "model.json"))
+                 for t in texts.values()]
     notes: list[str] = []
     shared: list[str] = []
     for f in src_schema.factors:
@@ -80,9 +86,9 @@ def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
                          f"{target.kinds[f]} in the target: dropped")
             continue
         if src_schema.kinds[f] == "categorical":
-            s_cat = src_spec.factors.get(f)
+            s_ok = all(s.factors.get(f) and s.factors[f].categories for s in src_specs)
             t_cat = target.spec.factors.get(f)
-            if not (s_cat and s_cat.categories and t_cat and t_cat.categories):
+            if not (s_ok and t_cat and t_cat.categories):
                 notes.append(f"categorical factor {f!r}: legends cannot be matched (map both "
                              "specs' codes with 'categories' to a shared legend): dropped")
                 continue
@@ -130,16 +136,18 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         warnings.warn(n, UserWarning, stacklevel=2)
     models = run.models
     retrained = False
-    if factors != run.schema.factors or norm != run.norm:
+    if factors != run.schema.factors or norm != run.norm or cfg.reweight:
         why = (f"the target shares only {factors}" if factors != run.schema.factors
-               else f"--norm {norm} differs from the run's {run.norm!r}")
+               else f"--norm {norm} differs from the run's {run.norm!r}" if norm != run.norm
+               else "--reweight re-trains the source models")
         if run.meta.get("kind") != "fit":
             raise ArtifactError(
                 f"{run.path}: this {run.meta.get('kind')} run uses factors {run.schema.factors}"
                 f" and norm {run.norm!r}, but {why}; re-pretraining is possible from a fit run "
                 "only (use 'lsm fit --factors ... --norm ...')")
         models = _repretrain(run, factors, families, norm=norm, seed=cfg.seed,
-                             device=cfg.device, progress=cfg.progress)
+                             device=cfg.device, progress=cfg.progress,
+                             reweight_to=target if cfg.reweight else None, notes=notes)
         retrained = True
         notes.append(f"source models re-pretrained on the {len(factors)} shared factors with "
                      f"norm {norm!r} (the source run used {len(run.schema.factors)} factors, "
@@ -236,16 +244,45 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str, seed: int,
-                device: str, progress: bool) -> dict[str, Any]:
-    """Re-train the source families on ``factors`` from the run's training table."""
+                device: str, progress: bool, reweight_to: RegionData | None = None,
+                notes: list[str] | None = None) -> dict[str, Any]:
+    """Re-train the source families on ``factors`` from the run's training table.
+
+    Rows of a multi-source run are normalised with their own region's statistics
+    and keep their region-balanced weights.  With ``reweight_to`` (the target)
+    the weights are multiplied by importance weights p(target|x) / p(source|x)
+    from a domain classifier between the source rows and unlabelled target rows
+    in the same normalised design space; their effective sample size goes to
+    ``notes``.
+    """
+    from lsm.transfer.reweight import effective_sample_size, importance_weights
+    from lsm.workflows.sources import run_matrix, run_weights, unlabelled_rows
+
     table = run.training_table()
     schema = run.schema.restrict(factors)
-    X = design_matrix(table, schema, norm=norm, region_stats=run.stats, source_stats=run.stats)
+    X = run_matrix(run, table, schema, norm)
     y = table["label"].to_numpy()
+    w = base = run_weights(run, table)
+    if reweight_to is not None:
+        t = reweight_to
+        rows = unlabelled_rows(t.spec, t.table, t.stack, factors, seed=seed)
+        Xt = design_matrix(rows, schema, norm=norm, region_stats=t.stats,
+                           source_stats=run.meta.get("source_stats") or run.stats,
+                           warn_unknown=False)
+        w, info = importance_weights(X.to_numpy(), Xt.to_numpy(), base_weight=w, seed=seed)
+        if notes is not None:
+            before = len(y) if base is None else effective_sample_size(base)
+            notes.append(
+                f"source rows re-weighted towards {t.spec.name} (importance weights from a "
+                f"{info['classifier']} domain classifier on {info['n_target']} unlabelled "
+                f"target rows; domain AUC {info['domain_auc']:.3f}, weights clipped to "
+                f"[0.1, 10] x mean, {info['clipped']} rows at a bound): effective sample size "
+                f"{info['ess']:.0f} of {len(y)} rows ({info['ess_fraction']:.1%}; "
+                f"{before:.0f} before re-weighting)")
     out = {}
     with progress_bar("re-pretraining source on shared factors", len(families),
                       enabled=progress) as bar:
         for fam in families:
-            out[fam] = make_model(fam, seed=seed, device=device).fit(X, y)
+            out[fam] = make_model(fam, seed=seed, device=device).fit(X, y, sample_weight=w)
             bar.advance()
     return out

@@ -1,4 +1,9 @@
-"""``lsm fit``: pretrain source models in a data-rich region."""
+"""``lsm fit``: pretrain source models in a data-rich region (or several, pooled).
+
+With several sources (``--source hongkong,jiangxi-yongxin``) each region's rows
+are normalised with its own statistics and weighted so that every region
+counts the same; see :mod:`lsm.workflows.sources`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from lsm.config.spec import dump_region, load_region
@@ -22,7 +28,10 @@ class FitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="Built-in region name or path to a region spec.")
+    source: str | list[str] = Field(
+        description="Built-in region name or path to a region spec; several (a list or a "
+        "comma list) pretrain on their pooled rows, each region normalised with its own "
+        "statistics and weighted to count the same.")
     models: list[Literal["rf", "lr", "xgb", "mlp"]] = Field(
         default_factory=lambda: list(FAMILY_NAMES), min_length=1)
     out: Path | None = Field(None, description="Run folder; default runs/<region>.")
@@ -74,8 +83,12 @@ def fit_models(data: RegionData, schema: FeatureSchema, families: list[str], *, 
 def run_fit(cfg: FitConfig) -> dict[str, Any]:
     """Pretrain, cross-validate and save source models; return the metrics."""
     from lsm.evaluate.cv import cross_validate
+    from lsm.workflows.sources import source_names
 
-    spec = load_region(cfg.source)
+    names = source_names(cfg.source)
+    if len(names) > 1:
+        return run_fit_sources(cfg, names)
+    spec = load_region(names[0])
     factors = cfg.factors or spec.transfer_factor_names
     data = load_region_data(spec, progress=cfg.progress, factors=factors)
     schema = FeatureSchema.from_table(data.table, data.kinds)
@@ -112,5 +125,141 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         "source_stats": data.stats, "training_prevalence": float(y.mean()), "seed": cfg.seed,
         "split": data.split, "notes": data.notes, "checksums": data.checksums,
         "spec": dump_region(spec), "spec_file": str(spec.source_file or spec.name),
+    })
+    return metrics
+
+
+def cross_validate_sources(make: Any, X: Any, y: np.ndarray, folds: np.ndarray,
+                           regions: np.ndarray, *, on_fold: Any = None) -> dict[str, Any]:
+    """Cross-validation of a pooled multi-region table on each region's own folds.
+
+    Fold ``k`` holds out fold ``k`` of every region at once (a region with fewer
+    folds simply has no rows in the higher ones); the model is trained on the
+    rest with region-balanced weights (recomputed on the training rows).
+    Returns pooled per-fold metrics and summary, the same per region, and the
+    out-of-fold probabilities.
+    """
+    from lsm.evaluate.metrics import binary_metrics, summarize
+    from lsm.transfer.reweight import balanced_weights
+
+    oof = np.full(len(y), np.nan)
+    pooled: list[dict[str, Any]] = []
+    per_region: dict[str, list[dict[str, Any]]] = {r: [] for r in pd.unique(regions)}
+    for k in np.unique(folds):
+        test = folds == k
+        if len(np.unique(y[~test])) < 2:
+            continue
+        model = make().fit(X[~test], y[~test], sample_weight=balanced_weights(regions[~test]))
+        oof[test] = model.predict_proba(X[test])[:, 1]
+        pooled.append({"fold": int(k), "n": int(test.sum()),
+                       **binary_metrics(y[test], oof[test])})
+        for r in per_region:
+            rows = test & (regions == r)
+            if rows.any():
+                per_region[r].append({"fold": int(k), "n": int(rows.sum()),
+                                      **binary_metrics(y[rows], oof[rows])})
+        if on_fold is not None:
+            on_fold()
+
+    def summary(folds_: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize([{m: v for m, v in f.items() if m not in ("fold", "n")}
+                          for f in folds_])
+
+    return {"folds": pooled, "summary": summary(pooled), "oof": oof,
+            "per_region": {r: {"summary": summary(f), "folds": f}
+                           for r, f in per_region.items()}}
+
+
+def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
+    """Pretrain on several source regions pooled; cross-validate, save, return the metrics.
+
+    ``stats``, ``source_stats`` and ``spec`` of the run are the first region's
+    (what ``source`` normalisation and anything that needs one region read);
+    ``region_stats`` and ``regions`` describe every region.
+    """
+    import warnings
+
+    from lsm.errors import FactorMismatchError, SpecError
+    from lsm.transfer.reweight import balanced_weights
+    from lsm.workflows.sources import JOIN, common_factors, pooled_matrix
+
+    specs = [load_region(n) for n in names]
+    dup = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
+    if dup:
+        raise SpecError(f"--source {','.join(names)}: region name(s) {dup} appear more than "
+                        "once")
+    factors, notes = common_factors(specs, cfg.factors)
+    if not factors:
+        raise FactorMismatchError(f"--source {','.join(names)}: the regions share no factor"
+                                  f"{''.join('; ' + n for n in notes)}")
+    for n in notes:
+        warnings.warn(n, UserWarning, stacklevel=2)
+    datas = [load_region_data(s, progress=cfg.progress, factors=factors) for s in specs]
+    region = JOIN.join(s.name for s in specs)
+    first = specs[0].name
+    notes.append(f"multi-source run ({', '.join(s.name for s in specs)}): each region's rows "
+                 "are normalised with its own statistics ('region_stats') and weighted so that "
+                 f"every region counts the same; 'stats', 'source_stats' and 'spec' are those "
+                 f"of the first region, {first}")
+    tables = []
+    for s, d in zip(specs, datas, strict=True):
+        notes += [f"{s.name}: {n}" for n in d.notes]
+        tables.append(d.table.assign(region=s.name))
+    table = pd.concat(tables, ignore_index=True)
+    schema = FeatureSchema.from_table(table, datas[0].kinds)
+    region_stats = {s.name: d.stats for s, d in zip(specs, datas, strict=True)}
+    regions = table["region"].to_numpy()
+    X = pooled_matrix(table, schema, norm=cfg.norm, region_stats=region_stats,
+                      source_stats=datas[0].stats)
+    y = table["label"].to_numpy()
+    w = balanced_weights(regions)
+    folds = table["fold"].to_numpy()
+    out = Path(cfg.out or Path("runs") / region)
+    out.mkdir(parents=True, exist_ok=True)
+    split = " + ".join(f"{d.split} ({s.name})" for s, d in zip(specs, datas, strict=True))
+    metrics: dict[str, Any] = {
+        "region": region, "regions": [s.name for s in specs], "n": int(len(y)),
+        "n_landslides": int(y.sum()), "split": split, "n_folds": int(len(np.unique(folds))),
+        "norm": cfg.norm, "factors": factors, "weighting": "region-balanced",
+        "per_region": {s.name: {"n": int(len(d.table)),
+                                "n_landslides": int(d.table["label"].sum()),
+                                "split": d.split}
+                       for s, d in zip(specs, datas, strict=True)},
+        "cv": {}}
+    if cfg.cv:
+        n_steps = len(cfg.models) * len(np.unique(folds))
+        with progress_bar("cross-validation", n_steps, enabled=cfg.progress) as bar:
+            for fam in cfg.models:
+                bar.describe(f"cross-validating {fam}")
+                res = cross_validate_sources(
+                    lambda fam=fam: make_model(fam, seed=cfg.seed, device=cfg.device),
+                    X, y, folds, regions, on_fold=bar.advance)
+                metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"],
+                                      "per_region": res["per_region"]}
+                table[f"oof_{fam}"] = res["oof"]
+    models = {}
+    with progress_bar("training final models", len(cfg.models), enabled=cfg.progress) as bar:
+        for fam in cfg.models:
+            bar.describe(f"training {fam}")
+            models[fam] = make_model(fam, seed=cfg.seed, device=cfg.device).fit(
+                X, y, sample_weight=w)
+            bar.advance()
+    save_models(out, models)
+    table.to_parquet(out / "training_table.parquet")
+    write_json(out / "metrics.json", metrics)
+    checksums = {f"{s.name}:{k}": v for s, d in zip(specs, datas, strict=True)
+                 for k, v in d.checksums.items()}
+    write_run_meta(out, {
+        "command": cfg.command, "kind": "fit", "region": region, "chain": [region],
+        "regions": [s.name for s in specs], "families": list(cfg.models),
+        "schema": schema.to_dict(), "norm": cfg.norm, "stats": datas[0].stats,
+        "source_stats": datas[0].stats, "region_stats": region_stats,
+        "weighting": "region-balanced",
+        # what the models learnt: the weighted landslide share of the pooled rows
+        "training_prevalence": float(np.average(y, weights=w)), "seed": cfg.seed,
+        "split": split, "notes": notes, "checksums": checksums,
+        "spec": dump_region(specs[0]), "specs": {s.name: dump_region(s) for s in specs},
+        "spec_file": str(specs[0].source_file or specs[0].name),
+        "spec_files": {s.name: str(s.source_file or s.name) for s in specs},
     })
     return metrics

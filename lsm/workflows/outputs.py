@@ -17,6 +17,7 @@ from lsm.errors import SpecError
 from lsm.io.artifacts import read_json, write_json
 from lsm.stack.features import design_matrix
 from lsm.workflows.runs import Run, load_run
+from lsm.workflows.sources import is_multi_source, run_matrix
 
 
 def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
@@ -29,7 +30,9 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
     from lsm.workflows.predict import _run_spec
 
     spec = _run_spec(run)
-    if predict and not spec.is_table:
+    if predict and is_multi_source(run.meta):
+        say(f"{run.region} pools several source regions: no maps (there is no single grid)")
+    elif predict and not spec.is_table:
         from lsm.workflows.predict import predict_maps
 
         maps = predict_maps(run, progress=progress)
@@ -51,9 +54,7 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
 
 def _table_and_matrix(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = run.training_table()
-    X = design_matrix(table, run.schema, norm=run.norm, region_stats=run.stats,
-                      source_stats=run.meta.get("source_stats") or run.stats, warn_unknown=False)
-    return table, X
+    return table, run_matrix(run, table, run.schema)
 
 
 def evaluation_figures(run: Run) -> dict[str, str]:
@@ -65,9 +66,11 @@ def evaluation_figures(run: Run) -> dict[str, str]:
     metrics = read_json(run.path / "metrics.json")
     out: dict[str, str] = {}
     if run.meta["kind"] == "finetune":
+        what = (f"every labelled point, {metrics['split']}"
+                if metrics.get("mode") == "production"
+                else f"K = {metrics['shots']} ({metrics['repeats']} repeats)")
         p = fig.plot_arms(metrics, figdir / "arms.png",
-                          f"{metrics['source_region']} -> {metrics['target']}, "
-                          f"K = {metrics['shots']} ({metrics['repeats']} repeats)")
+                          f"{metrics['source_region']} -> {metrics['target']}, {what}")
         out["arms"] = str(p)
         return out
     table = run.training_table()
