@@ -249,7 +249,7 @@ def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str,
     """Re-train the source families on ``factors`` from the run's training table.
 
     Rows of a multi-source run are normalised with their own region's statistics
-    and keep their region-balanced weights.  With ``reweight_to`` (the target)
+    and keep their region- and class-balanced weights.  With ``reweight_to`` (the target)
     the weights are multiplied by importance weights p(target|x) / p(source|x)
     from a domain classifier between the source rows and unlabelled target rows
     in the same normalised design space; their effective sample size goes to

@@ -129,18 +129,22 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     return metrics
 
 
+#: How a multi-source run weights its pooled rows (see lsm.workflows.sources.source_weights).
+WEIGHTING = "region- and class-balanced"
+
+
 def cross_validate_sources(make: Any, X: Any, y: np.ndarray, folds: np.ndarray,
                            regions: np.ndarray, *, on_fold: Any = None) -> dict[str, Any]:
     """Cross-validation of a pooled multi-region table on each region's own folds.
 
     Fold ``k`` holds out fold ``k`` of every region at once (a region with fewer
     folds simply has no rows in the higher ones); the model is trained on the
-    rest with region-balanced weights (recomputed on the training rows).
+    rest with region- and class-balanced weights (recomputed on the training rows).
     Returns pooled per-fold metrics and summary, the same per region, and the
     out-of-fold probabilities.
     """
     from lsm.evaluate.metrics import binary_metrics, summarize
-    from lsm.transfer.reweight import balanced_weights
+    from lsm.workflows.sources import source_weights
 
     oof = np.full(len(y), np.nan)
     pooled: list[dict[str, Any]] = []
@@ -149,7 +153,8 @@ def cross_validate_sources(make: Any, X: Any, y: np.ndarray, folds: np.ndarray,
         test = folds == k
         if len(np.unique(y[~test])) < 2:
             continue
-        model = make().fit(X[~test], y[~test], sample_weight=balanced_weights(regions[~test]))
+        model = make().fit(X[~test], y[~test],
+                           sample_weight=source_weights(regions[~test], y[~test]))
         oof[test] = model.predict_proba(X[test])[:, 1]
         pooled.append({"fold": int(k), "n": int(test.sum()),
                        **binary_metrics(y[test], oof[test])})
@@ -180,8 +185,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     import warnings
 
     from lsm.errors import FactorMismatchError, SpecError
-    from lsm.transfer.reweight import balanced_weights
-    from lsm.workflows.sources import JOIN, common_factors, pooled_matrix
+    from lsm.workflows.sources import JOIN, common_factors, pooled_matrix, source_weights
 
     specs = [load_region(n) for n in names]
     dup = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
@@ -199,7 +203,8 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     first = specs[0].name
     notes.append(f"multi-source run ({', '.join(s.name for s in specs)}): each region's rows "
                  "are normalised with its own statistics ('region_stats') and weighted so that "
-                 f"every region counts the same; 'stats', 'source_stats' and 'spec' are those "
+                 "every region counts the same and, within a region, landslides and "
+                 "non-landslides weigh the same; 'stats', 'source_stats' and 'spec' are those "
                  f"of the first region, {first}")
     tables = []
     for s, d in zip(specs, datas, strict=True):
@@ -212,7 +217,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     X = pooled_matrix(table, schema, norm=cfg.norm, region_stats=region_stats,
                       source_stats=datas[0].stats)
     y = table["label"].to_numpy()
-    w = balanced_weights(regions)
+    w = source_weights(regions, y)
     folds = table["fold"].to_numpy()
     out = Path(cfg.out or Path("runs") / region)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +225,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "region": region, "regions": [s.name for s in specs], "n": int(len(y)),
         "n_landslides": int(y.sum()), "split": split, "n_folds": int(len(np.unique(folds))),
-        "norm": cfg.norm, "factors": factors, "weighting": "region-balanced",
+        "norm": cfg.norm, "factors": factors, "weighting": WEIGHTING,
         "per_region": {s.name: {"n": int(len(d.table)),
                                 "n_landslides": int(d.table["label"].sum()),
                                 "split": d.split}
@@ -254,7 +259,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
         "regions": [s.name for s in specs], "families": list(cfg.models),
         "schema": schema.to_dict(), "norm": cfg.norm, "stats": datas[0].stats,
         "source_stats": datas[0].stats, "region_stats": region_stats,
-        "weighting": "region-balanced",
+        "weighting": WEIGHTING,
         # what the models learnt: the weighted landslide share of the pooled rows
         "training_prevalence": float(np.average(y, weights=w)), "seed": cfg.seed,
         "split": split, "notes": notes, "checksums": checksums,

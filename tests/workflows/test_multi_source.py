@@ -64,8 +64,7 @@ def test_multi_source_fit_writes_a_pooled_run(multi_run: Path) -> None:
 
 
 def test_each_region_is_normalised_with_its_own_statistics(multi_run: Path) -> None:
-    from lsm.transfer.reweight import balanced_weights
-    from lsm.workflows.sources import run_matrix, run_weights
+    from lsm.workflows.sources import run_matrix, run_weights, source_weights
 
     run = load_run(multi_run)
     table = run.training_table()
@@ -75,12 +74,15 @@ def test_each_region_is_normalised_with_its_own_statistics(multi_run: Path) -> N
         own = design_matrix(table[rows], run.schema, norm="target", region_stats=stats)
         pd.testing.assert_frame_equal(X[rows.to_numpy()], own)
     w = run_weights(run, table)
-    np.testing.assert_allclose(w, balanced_weights(table["region"].to_numpy()))
-    assert w[rows.to_numpy()].sum() == pytest.approx(w[~rows.to_numpy()].sum())
+    y = table["label"].to_numpy()
+    np.testing.assert_allclose(w, source_weights(table["region"].to_numpy(), y))
+    r = rows.to_numpy()
+    assert w[r].sum() == pytest.approx(w[~r].sum())  # every region counts the same
+    assert w[r & (y == 1)].sum() == pytest.approx(w[r & (y == 0)].sum())  # classes too
     # the saved lr is the weighted fit of that matrix
     from lsm.models import LogisticModel
 
-    ref = LogisticModel(random_state=0).fit(X, table["label"].to_numpy(), sample_weight=w)
+    ref = LogisticModel(random_state=0).fit(X, y, sample_weight=w)
     np.testing.assert_allclose(run.models["lr"].coef_, ref.coef_, rtol=1e-6, atol=1e-8)
 
 
@@ -128,8 +130,8 @@ def test_repretrain_keeps_regions_apart_and_reweights(multi_run: Path, demo_dir:
 
 def test_repretrain_matches_a_weighted_per_region_fit(multi_run: Path) -> None:
     from lsm.models import LogisticModel
-    from lsm.transfer.reweight import balanced_weights
     from lsm.workflows.finetune import _repretrain
+    from lsm.workflows.sources import source_weights
 
     run = load_run(multi_run)
     factors = [f for f in run.schema.factors if f != "ndvi"]
@@ -140,8 +142,8 @@ def test_repretrain_matches_a_weighted_per_region_fit(multi_run: Path) -> None:
     parts = [design_matrix(table[table["region"] == r], schema, norm="target",
                            region_stats=s) for r, s in run.meta["region_stats"].items()]
     X = pd.concat(parts).loc[table.index]
-    ref = LogisticModel(random_state=0).fit(X, table["label"].to_numpy(),
-                                            sample_weight=balanced_weights(table["region"]))
+    y = table["label"].to_numpy()
+    ref = LogisticModel(random_state=0).fit(X, y, sample_weight=source_weights(table["region"], y))
     np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
 
 
