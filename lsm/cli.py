@@ -248,8 +248,11 @@ def _print_region_cv(metrics: dict[str, Any], console: Any) -> None:
 def finetune(
     target: Annotated[str, typer.Option("--target", "-t", help="Data-scarce region: spec path "
                                         "or built-in name.")],
-    shots: Annotated[int, typer.Option("--shots", "-k", help="K landslides (and K "
-                                       "non-landslides) from the target.")] = 50,
+    shots: Annotated[str, typer.Option("--shots", "-k", help="Study: K landslides (and K "
+                                       "non-landslides) per repeat, every arm scored on a "
+                                       "fixed hold-out. 'all': production, the delivered "
+                                       "model trained on every labelled point, skill by "
+                                       "cross-validation.")] = "50",
     from_run: Annotated[Path, typer.Option("--from", help="Source run folder (a fit or "
                                            "finetune run).")] = Path("runs/hongkong"),
     model: Annotated[str | None, typer.Option("--model", "-m", help="Families \\[default: all "
@@ -276,11 +279,17 @@ def finetune(
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """Adapt source models to a data-scarce region in two stages and measure the gain.
+    """Adapt source models to a data-scarce region, deliver one model, measure the gain.
 
-    Stage 1 re-estimates the source model's head on the shots; stage 2 fine-tunes it
-    all, anchored at the source. Both are compared with the source model alone and a
-    model trained on the shots alone, on the same held-out target data.
+    Per family, stage 1 re-estimates the source model's head on the shots and stage 2
+    fine-tunes it all, anchored at the source; both are compared with the source model
+    alone and a model trained on the shots alone, on the same held-out target data.
+
+    The run delivers one model (row 'lsm', arm 'delivered'): the transfer strategy and
+    family chosen by cross-validation on the shots alone, never on the hold-out. Its
+    map model is re-fitted on every labelled point outside the hold-out. With --shots
+    all there is no hold-out: every labelled point trains it, and nested
+    cross-validation (spatial blocks where coordinates exist) estimates its skill.
     """
     _set_data_dir(data_dir)
     _check_device(device)
@@ -288,8 +297,18 @@ def finetune(
     from lsm.workflows.report import print_finetune_metrics
     from lsm.workflows.runs import latest_run
 
+    k: int | str = shots.strip().lower()
+    if k != "all":
+        try:
+            k = int(str(k))
+        except ValueError:
+            raise typer.BadParameter(f"{shots!r}: a whole number of shots or 'all'",
+                                     param_hint="--shots") from None
+        if not 1 <= k <= 100_000:
+            raise typer.BadParameter(f"{shots!r}: must be between 1 and 100000, or 'all'",
+                                     param_hint="--shots")
     src = latest_run(from_run) or from_run
-    cfg = FinetuneConfig(target=target, source_run=src, shots=shots, repeats=repeats,
+    cfg = FinetuneConfig(target=target, source_run=src, shots=k, repeats=repeats,
                          models=_families(model) if model else None, seed=seed, out=out,
                          norm=norm, prevalence=prevalence, device=device, anchor=anchor,
                          reweight=reweight, progress=not quiet,
@@ -297,7 +316,7 @@ def finetune(
     metrics = run_finetune(cfg)
     print_finetune_metrics(metrics, _console())
     run_dir = Path(out or Path("runs") / f"{metrics['source_region']}-to-{metrics['target']}"
-                   f"-k{shots}")
+                   f"-k{k}")
     _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
 
 

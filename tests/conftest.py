@@ -37,6 +37,16 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("LSM_CACHE", str(tmp_path_factory.mktemp("lsm-cache")))
 
 
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two generated demo regions (``demo-source.yaml``, ``demo-target.yaml``), once."""
+    from lsm.datasets.demo import generate_demo
+
+    d = tmp_path_factory.mktemp("demo")
+    generate_demo(d)
+    return d
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The shared real-data folder (``../shared/data`` beside the repo), or skip."""

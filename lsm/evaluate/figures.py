@@ -44,13 +44,14 @@ RC = {
 }
 
 #: Order, labels and colours of the transfer arms (colour-blind safe).
-ARMS = ("source_only", "target_only", "stage1", "stage2")
+ARMS = ("source_only", "target_only", "stage1", "stage2", "delivered")
 ARM_LABELS = {"source_only": "source only (zero-shot)", "target_only": "target only (shots)",
-              "stage1": "stage 1 (head re-fit)", "stage2": "stage 2 (fine-tuned)"}
+              "stage1": "stage 1 (head re-fit)", "stage2": "stage 2 (fine-tuned)",
+              "delivered": "delivered (chosen on the shots)"}
 ARM_COLORS = {"source_only": "#8c8c8c", "target_only": "#e69f00", "stage1": "#56b4e9",
-              "stage2": "#0a4f8c"}
+              "stage2": "#0a4f8c", "delivered": "#009e73"}
 FAMILY_LABELS = {"rf": "random forest", "lr": "logistic regression", "xgb": "XGBoost",
-                 "mlp": "MLP"}
+                 "mlp": "MLP", "lsm": "lsm (delivered; baselines' family chosen on the shots)"}
 SHORT_FAMILY_LABELS = {"rf": "RF", "lr": "LogReg", "xgb": "XGBoost", "mlp": "MLP"}
 METRIC_LABELS = {
     "auc": "AUC (ROC), higher is better",

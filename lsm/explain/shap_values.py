@@ -53,10 +53,11 @@ from lsm.errors import ArtifactError, FactorMismatchError
 PROBABILITY = "probability"
 LOG_ODDS = "log-odds"
 #: Units of the SHAP values of each family (see the module docstring).
-UNITS = {"rf": PROBABILITY, "xgb": LOG_ODDS, "lr": LOG_ODDS, "mlp": LOG_ODDS}
+UNITS = {"rf": PROBABILITY, "xgb": LOG_ODDS, "lr": LOG_ODDS, "mlp": LOG_ODDS,
+         "delivered": LOG_ODDS}
 
 #: Background rows used when ``max_background`` is not given.
-DEFAULT_BACKGROUND = {"rf": 100, "xgb": 200, "lr": 200, "mlp": 200}
+DEFAULT_BACKGROUND = {"rf": 100, "xgb": 200, "lr": 200, "mlp": 200, "delivered": 50}
 
 _FALLBACK_EXPLAIN = 100
 _FALLBACK_BACKGROUND = 50
@@ -357,7 +358,14 @@ def _explain_permutation(model: Any, bg: pd.DataFrame, ex: pd.DataFrame, seed: i
             float(np.ravel(exp.base_values)[0]), "Permutation")
 
 
-_EXPLAINERS = {"rf": _explain_rf, "xgb": _explain_xgb, "lr": _explain_lr, "mlp": _explain_mlp}
+def _explain_delivered(model: Any, bg: pd.DataFrame, ex: pd.DataFrame, seed: int
+                       ) -> tuple[np.ndarray, float, str]:
+    """The delivered model mixes families on the logit scale: explained by permutation."""
+    return _explain_permutation(model, bg, ex, seed, LOG_ODDS)
+
+
+_EXPLAINERS = {"rf": _explain_rf, "xgb": _explain_xgb, "lr": _explain_lr, "mlp": _explain_mlp,
+               "delivered": _explain_delivered}
 
 
 # ---------------------------------------------------------------------- public
@@ -429,6 +437,8 @@ def explain_model(model: Any, X_background: pd.DataFrame, X_explain: pd.DataFram
     rng = np.random.default_rng(seed)
     if max_background is None:
         max_background = DEFAULT_BACKGROUND.get(family, 200)
+    if family == "delivered":  # permutation: cost grows with rows x background x factors
+        max_explain = min(max_explain, _FALLBACK_EXPLAIN)
     bg = _sample(_aligned(model, X_background, "X_background"), max_background, rng)
     ex = _sample(_aligned(model, X_explain, "X_explain"), max_explain, rng)
     units = UNITS.get(family, LOG_ODDS)

@@ -1,40 +1,66 @@
-"""``lsm finetune``: adapt source models to a data-scarce target in two stages.
+"""``lsm finetune``: adapt source models to a data-scarce target and measure the gain.
 
-For every repeat, K landslide and K non-landslide "shots" are drawn from the
-target's training pool; four arms are scored on the same held-out target
-test set:
+Study mode (``--shots K``): for every repeat, K landslide and K non-landslide
+"shots" are drawn from the target's training pool; per model family four
+arms are scored on the same held-out target test set:
 
 - ``source_only``: the source model applied zero-shot (with the run's norm);
 - ``target_only``: the same family trained from scratch on the shots;
 - ``stage1``: the source model with its head re-estimated on the shots;
-- ``stage2``: stage 1 fine-tuned as a whole, anchored at the source.
+- ``stage2``: stage 1 fine-tuned as a whole, anchored at the source;
+
+and in the row ``lsm``, the *delivered* model (chosen and trained on the
+shots alone by :func:`lsm.transfer.select.fit_delivered`) beside the
+source-only and target-only baselines whose family was also chosen on the
+shots.  Every comparison is paired (same shots, same test set).  The map
+model is the delivered procedure re-run on all labelled points outside the
+hold-out.
+
+Production mode (``--shots all``): the delivered model is trained on every
+labelled target point; its skill is estimated by nested cross-validation
+(spatial blocks where coordinates exist).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from lsm.config.spec import dump_region, load_region, parse_region
-from lsm.errors import ArtifactError, FactorMismatchError
-from lsm.evaluate.metrics import binary_metrics, summarize
+from lsm.errors import ArtifactError, FactorMismatchError, SamplingError
+from lsm.evaluate.metrics import binary_metrics, paired_difference, summarize
 from lsm.io.artifacts import write_json
 from lsm.sampling.shots import draw_shots, holdout_mask
 from lsm.stack.features import design_matrix
 from lsm.transfer import adapt, finetune, finetune_auto
 from lsm.transfer.prior import prior_shift
+from lsm.transfer.select import fit_delivered
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
 from lsm.workflows.runs import Run, load_run, save_models, write_run_meta
 
 ARMS = ("source_only", "target_only", "stage1", "stage2")
+#: The row of the comparison that holds what the run delivers, beside the baselines a
+#: user would have picked without the test set (best family of each, chosen on the shots).
+CHOSEN = "lsm"
+CHOSEN_ARMS = ("source_only", "target_only", "delivered")
+#: Folder (family) name of the delivered model in a run.
+DELIVERED = "delivered"
+DELIVERED_HOW = (
+    "chosen among candidate strategies (recalibrated source, source logit + factors, "
+    "residual boosting over the source, target-only, blends) by repeated cross-validation "
+    "on the shots alone (log-loss, one-SE rule towards simpler transfer); the evaluation "
+    "hold-out never enters the choice. Baselines in row 'lsm': source_only = the source "
+    "family that ranks the shots best; target_only = the family with the lowest "
+    "cross-validated log-loss on the shots.")
 
 
 class FinetuneConfig(BaseModel):
@@ -44,7 +70,9 @@ class FinetuneConfig(BaseModel):
 
     target: str = Field(description="Built-in region name or path to a region spec.")
     source_run: Path = Field(Path("runs/hongkong"), description="A fit or finetune run folder.")
-    shots: int = Field(50, ge=1, le=100_000, description="Landslides (and as many non-landslides).")
+    shots: Annotated[int, Field(ge=1, le=100_000)] | Literal["all"] = Field(
+        50, description="Landslides (and as many non-landslides) per repeat; 'all' trains the "
+        "delivered model on every labelled point and estimates its skill by cross-validation.")
     repeats: int = Field(10, ge=1, le=1000)
     models: list[Literal["rf", "lr", "xgb", "mlp"]] | None = None
     seed: int = 0
@@ -58,6 +86,10 @@ class FinetuneConfig(BaseModel):
         "auto", description="Stage-2 anchoring strength: chosen by cross-validation on the "
         "shots (auto) or each family's fixed default.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deliver: bool = Field(True, description="Fit the delivered map model on all labelled "
+                          "points outside the hold-out (study mode).")
+    cv_folds: int = Field(5, ge=2, le=20, description="Folds of the skill estimate of "
+                          "--shots all.")
     reweight: bool = Field(False, description="Re-train the source models with importance "
                            "weights p(target|x)/p(source|x) from a domain classifier between "
                            "the source rows and unlabelled target rows (fit runs only).")
@@ -119,9 +151,44 @@ def _scores(y: np.ndarray, p: np.ndarray, *, train_prev: float, prevalence: floa
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Run the four-arm comparison and write fine-tuned models; return the metrics."""
+    """Run the comparison (or the production fit) and write the run; return the metrics."""
+    ctx = _prepare(cfg)
+    if cfg.shots == "all":
+        metrics, delivered_models = _production(cfg, ctx)
+    else:
+        metrics, delivered_models = _study(cfg, ctx)
+    _write(cfg, ctx, metrics, delivered_models)
+    return metrics
+
+
+@dataclass
+class _Setup:
+    """Everything the study and production modes share."""
+
+    run: Run
+    families: list[str]
+    norm: str
+    tspec: Any
+    target: RegionData
+    factors: list[str]
+    notes: list[str]
+    models: dict[str, Any]
+    retrained: bool
+    schema: Any
+    source_stats: dict[str, Any]
+    X: Any
+    y: np.ndarray
+    xy: np.ndarray | None
+    src_prev: float
+    out: Path
+    source_table: tuple[Any, np.ndarray] | None = None
+    continuous: tuple[str, ...] = ()
+    relations: dict[str, dict[str, Any]] | None = None
+
+
+def _prepare(cfg: FinetuneConfig) -> _Setup:
     run = load_run(cfg.source_run, families=list(cfg.models) if cfg.models else None)
-    families = list(cfg.models or run.models)
+    families = [f for f in (cfg.models or run.models) if f != DELIVERED]
     norm = cfg.norm or run.norm
     tspec = load_region(cfg.target)
     target = load_region_data(tspec, progress=cfg.progress)
@@ -134,7 +201,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             f"{', '.join(target.kinds)}){''.join('; ' + n for n in notes)}")
     for n in notes:
         warnings.warn(n, UserWarning, stacklevel=2)
-    models = run.models
+    models = {f: run.models[f] for f in families}
     retrained = False
     if factors != run.schema.factors or norm != run.norm or cfg.reweight:
         why = (f"the target shares only {factors}" if factors != run.schema.factors
@@ -152,45 +219,109 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         notes.append(f"source models re-pretrained on the {len(factors)} shared factors with "
                      f"norm {norm!r} (the source run used {len(run.schema.factors)} factors, "
                      f"norm {run.norm!r})")
-
     schema = run.schema.restrict(factors)
-    # categories unseen in the source are "unknown" for the target: keep the source list
     table = target.table
-    test, split = holdout_mask(table, test_fraction=cfg.test_fraction, seed=cfg.seed)
-    if split == "random":
-        notes.append("target has no coordinates: the test set is a random (stratified) hold-out")
     # "source" normalisation is anchored at the first region of a chain
     source_stats = run.meta.get("source_stats") or run.stats
-    Xt = design_matrix(table, schema, norm=norm, region_stats=target.stats,
-                       source_stats=source_stats)
-    y = table["label"].to_numpy()
-    X_test, y_test = Xt[test], y[test]
+    X = design_matrix(table, schema, norm=norm, region_stats=target.stats,
+                      source_stats=source_stats)
+    has_xy = {"x", "y"} <= set(table.columns) and table[["x", "y"]].notna().all().all()
+    xy = table[["x", "y"]].to_numpy(dtype=np.float64) if has_xy else None
+    out = Path(cfg.out or Path("runs") / f"{run.region}-to-{tspec.name}-k{cfg.shots}")
+    continuous = tuple(f for f in schema.factors if schema.kinds[f] == "continuous")
+    return _Setup(run, families, norm, tspec, target, factors, notes, models, retrained,
+                  schema, source_stats, X, table["label"].to_numpy(), xy,
+                  float(run.meta.get("training_prevalence", 0.5)), out,
+                  _source_table(run, schema, norm), continuous)
+
+
+def _source_table(run: Run, schema: Any, norm: str) -> tuple[Any, np.ndarray] | None:
+    """The source's design matrix and labels on the shared factors (to compare relations)."""
+    try:
+        table = run.training_table()
+    except ArtifactError:
+        return None  # a run without its table: relations are not compared
+    if len(table) > 20_000:
+        table = table.sample(20_000, random_state=0)
+    from lsm.workflows.sources import run_matrix
+
+    return run_matrix(run, table, schema, norm), table["label"].to_numpy()
+
+
+#: Families trained on the shots alone as candidates of the delivered model.  The MLP
+#: is left out: it costs ten times the others on tens of shots and was never the best
+#: target-only family in the shots-curve study.
+DELIVERED_TARGETS = ("rf", "lr", "xgb")
+
+
+def _make_target(device: str) -> Any:
+    """Target-only candidate models: single-threaded (tens of rows), a lighter forest."""
+    def make(fam: str, seed: int) -> Any:
+        model = make_model(fam, seed=seed, device=device)
+        params = model.get_params()
+        if "n_jobs" in params:
+            model.set_params(n_jobs=1)
+        if fam == "rf":
+            model.set_params(n_estimators=100)
+        return model
+    return make
+
+
+def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int) -> tuple[Any, Any]:
+    """The delivered model from the rows ``idx`` alone (shots, or all labelled points)."""
+    return fit_delivered(s.models, s.X.iloc[idx], s.y[idx], make_target=_make_target(cfg.device),
+                         target_families=[f for f in DELIVERED_TARGETS if f in s.families],
+                         seed=seed, n_repeats=1,
+                         source_table=s.source_table, continuous=s.continuous,
+                         xy=None if s.xy is None else s.xy[idx])
+
+
+def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, Any]]:
+    """K shots x repeats: every arm scored on one fixed hold-out."""
+    table = s.target.table
+    test, split = holdout_mask(table, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if split == "random":
+        s.notes.append("target has no coordinates: the test set is a random (stratified) "
+                       "hold-out")
+    X_test, y_test = s.X[test], s.y[test]
     pool = np.flatnonzero(~test)
-    pool_prev = float(y[pool].mean())
+    k = int(cfg.shots)
+    n_pos, n_neg = int(s.y[pool].sum()), int((s.y[pool] == 0).sum())
+    if k > min(n_pos, n_neg):
+        raise SamplingError(
+            f"--shots {k} needs {k} landslides and {k} non-landslides in the training pool "
+            f"outside the hold-out, which has {n_pos} and {n_neg}; use --shots "
+            f"{min(n_pos, n_neg)} or less, or --shots all")
+    pool_prev = float(s.y[pool].mean())
     test_prev = float(y_test.mean())
-    src_prev = float(run.meta.get("training_prevalence", 0.5))
+    imbalanced = abs(test_prev - 0.5) > 0.1
+    families = s.families
+
+    def score(p: np.ndarray, train_prev: float) -> dict[str, float]:
+        return _scores(y_test, p, train_prev=train_prev, prevalence=cfg.prevalence,
+                       pool_prev=pool_prev, imbalanced=imbalanced)
 
     per_repeat: dict[str, dict[str, list[dict[str, float]]]] = {
         f: {a: [] for a in ARMS} for f in families}
-    timings: dict[str, list[float]] = {f: [] for f in families}
+    per_repeat[CHOSEN] = {a: [] for a in CHOSEN_ARMS}
+    timings: dict[str, list[float]] = {f: [] for f in [*families, DELIVERED]}
     anchors: dict[str, list[dict[str, float]]] = {f: [] for f in families}
-    delivered: dict[str, Any] = {}
-    out = Path(cfg.out or Path("runs") / f"{run.region}-to-{tspec.name}-k{cfg.shots}")
-    imbalanced = abs(test_prev - 0.5) > 0.1
+    choices: list[dict[str, Any]] = []
+    stage2_r0: dict[str, Any] = {}
+    shots_used: list[np.ndarray] = []
 
-    with progress_bar(f"fine-tuning on {cfg.shots} shots", cfg.repeats * len(families),
+    with progress_bar(f"fine-tuning on {k} shots", cfg.repeats * (len(families) + 1),
                       enabled=cfg.progress) as bar:
         for r in range(cfg.repeats):
-            shots = pool[draw_shots(y[pool], cfg.shots, seed=cfg.seed + r)]
-            if r == 0:
-                first_shots = shots
-            Xs, ys = Xt.iloc[shots], y[shots]
+            shots = pool[draw_shots(s.y[pool], k, seed=cfg.seed + r)]
+            shots_used.append(shots)
+            Xs, ys = s.X.iloc[shots], s.y[shots]
             for fam in families:
                 bar.describe(f"repeat {r + 1}/{cfg.repeats}: {fam}")
-                src = models[fam]
+                src = s.models[fam]
                 t0 = time.perf_counter()
                 arms = {
-                    "source_only": (src, src_prev),
+                    "source_only": (src, s.src_prev),
                     "target_only": (make_model(fam, seed=cfg.seed + r, device=cfg.device)
                                     .fit(Xs, ys), 0.5),
                 }
@@ -204,43 +335,209 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 arms["stage1"] = (s1, 0.5)
                 arms["stage2"] = (s2, 0.5)
                 for arm, (model, train_prev) in arms.items():
-                    p = model.predict_proba(X_test)[:, 1]
-                    m = _scores(y_test, p, train_prev=train_prev, prevalence=cfg.prevalence,
-                                pool_prev=pool_prev, imbalanced=imbalanced)
-                    per_repeat[fam][arm].append(m)
+                    per_repeat[fam][arm].append(score(model.predict_proba(X_test)[:, 1],
+                                                      train_prev))
                 if r == 0:
-                    delivered[fam] = s2
+                    stage2_r0[fam] = s2
                 bar.advance()
+            # the delivered arm and the baselines a user would pick, from the shots alone
+            bar.describe(f"repeat {r + 1}/{cfg.repeats}: delivered")
+            t0 = time.perf_counter()
+            model, sel = _deliver(cfg, s, shots, cfg.seed + r)
+            timings[DELIVERED].append(time.perf_counter() - t0)
+            per_repeat[CHOSEN]["delivered"].append(score(model.predict_proba(X_test)[:, 1], 0.5))
+            src_fam = _best_source_on_shots(s.models, Xs, ys, families)
+            tgt_fam = _best_target_in_cv(sel, families)
+            per_repeat[CHOSEN]["source_only"].append(per_repeat[src_fam]["source_only"][-1])
+            per_repeat[CHOSEN]["target_only"].append(per_repeat[tgt_fam]["target_only"][-1])
+            choices.append({"repeat": r, **sel.to_dict(), "source_only_family": src_fam,
+                            "target_only_family": tgt_fam})
+            bar.advance()
 
+    delivered_models: dict[str, Any] = dict(stage2_r0)
+    map_model: dict[str, Any] = {}
+    if cfg.deliver:
+        # the map: the same procedure on every labelled point outside the hold-out
+        model, sel = _deliver(cfg, s, pool, cfg.seed)
+        model = _rebase(model, pool_prev)
+        delivered_models[DELIVERED] = model
+        p = model.predict_proba(X_test)[:, 1]
+        map_model = {"trained_on": "all labelled points outside the hold-out",
+                     "n": int(pool.size), "n_landslides": n_pos, **sel.to_dict(),
+                     "holdout": score(p, 0.5)}
+        _flag_relations(s, sel.relations, "the labelled points outside the hold-out")
+    arms_of = {f: ARMS for f in families} | {CHOSEN: CHOSEN_ARMS}
     metrics: dict[str, Any] = {
-        "source_run": str(run.path), "source_region": run.region, "target": tspec.name,
-        "shots": cfg.shots, "repeats": cfg.repeats, "test_size": int(test.sum()),
-        "test_landslides": int(y_test.sum()), "pool_size": int(pool.size),
-        "split": split, "factors": factors, "norm": norm, "prevalence": cfg.prevalence,
-        "test_prevalence": test_prev, "pool_prevalence": pool_prev,
-        "source_retrained": retrained, "notes": notes,
-        "models": {f: {a: summarize(per_repeat[f][a]) for a in ARMS} for f in families},
-        "repeats_detail": {f: {a: per_repeat[f][a] for a in ARMS} for f in families},
-        "seconds_per_repeat": {f: float(np.mean(timings[f])) for f in families},
+        "mode": "study", "source_run": str(s.run.path), "source_region": s.run.region,
+        "target": s.tspec.name, "shots": k, "repeats": cfg.repeats,
+        "test_size": int(test.sum()), "test_landslides": int(y_test.sum()),
+        "pool_size": int(pool.size), "split": split, "factors": s.factors, "norm": s.norm,
+        "prevalence": cfg.prevalence, "test_prevalence": test_prev,
+        "pool_prevalence": pool_prev, "source_retrained": s.retrained, "notes": s.notes,
+        "models": {f: {a: summarize(per_repeat[f][a]) for a in arms_of[f]} for f in arms_of},
+        "repeats_detail": {f: {a: per_repeat[f][a] for a in arms_of[f]} for f in arms_of},
+        "paired": paired_table(per_repeat, families),
+        "delivered": {"choices": choices, "chosen_counts": _counts(
+            [c["chosen"] for c in choices]), "map_model": map_model,
+            "how": DELIVERED_HOW},
+        "seconds_per_repeat": {f: float(np.mean(v)) for f, v in timings.items()},
         "anchor": cfg.anchor, "anchor_chosen": anchors,
+        "factor_relations": s.relations,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_models(out, delivered)
-    # the shots the delivered (repeat-0) models were trained on
-    table.iloc[first_shots].to_parquet(out / "training_table.parquet")
+    metrics["_shots_r0"] = shots_used[0]
+    return metrics, delivered_models
 
+
+def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--shots all``: deliver from every labelled point; skill by nested cross-validation."""
+    from lsm.sampling.folds import random_folds, spatial_folds
+
+    n = s.y.size
+    n_pos = int(s.y.sum())
+    if n_pos < 2 or n - n_pos < 2:
+        raise SamplingError(f"{s.tspec.source_file or s.tspec.name}: --shots all needs at "
+                            f"least 2 landslides and 2 non-landslides; the region has "
+                            f"{n_pos} and {n - n_pos}")
+    n_folds = int(min(cfg.cv_folds, n_pos, n - n_pos))
+    if s.xy is not None:
+        fold = spatial_folds(s.xy[:, 0], s.xy[:, 1], n_folds=n_folds, seed=cfg.seed)
+        how = f"{n_folds}-fold spatial block cross-validation"
+    else:
+        fold = random_folds(n, n_folds=n_folds, seed=cfg.seed)
+        how = f"{n_folds}-fold random cross-validation (no coordinates)"
+    prev = float(s.y.mean())
+    per_fold: dict[str, dict[str, list[dict[str, float]]]] = {
+        f: {"source_only": []} for f in s.families}
+    per_fold[CHOSEN] = {"delivered": []}
+    choices = []
+    with progress_bar("nested cross-validation of the delivered model", n_folds + 1,
+                      enabled=cfg.progress) as bar:
+        for k in range(n_folds):
+            tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            if s.y[va].min() == s.y[va].max() or s.y[tr].min() == s.y[tr].max():
+                s.notes.append(f"cross-validation fold {k + 1} holds one class only: skipped")
+                bar.advance()
+                continue
+            model, sel = _deliver(cfg, s, tr, cfg.seed + k)
+            Xv, yv = s.X.iloc[va], s.y[va]
+            per_fold[CHOSEN]["delivered"].append(binary_metrics(yv, model.predict_proba(Xv)[:, 1]))
+            for f in s.families:
+                p = prior_shift(s.models[f].predict_proba(Xv)[:, 1], s.src_prev, prev)
+                per_fold[f]["source_only"].append(binary_metrics(yv, p))
+            choices.append({"fold": k, **sel.to_dict()})
+            bar.advance()
+        done = len(per_fold[CHOSEN]["delivered"])
+        if done < 2:
+            raise SamplingError(f"{s.tspec.source_file or s.tspec.name}: only {done} of "
+                                f"{n_folds} cross-validation folds hold both classes; too few "
+                                "labelled points to estimate skill")
+        bar.describe("delivered model on all labelled points")
+        model, sel = _deliver(cfg, s, np.arange(n), cfg.seed)
+        _flag_relations(s, sel.relations, "every labelled point")
+        bar.advance()
+    model = _rebase(model, prev)
+    metrics: dict[str, Any] = {
+        "mode": "production", "source_run": str(s.run.path), "source_region": s.run.region,
+        "target": s.tspec.name, "shots": "all", "n": int(n), "n_landslides": n_pos,
+        "split": how, "factors": s.factors, "norm": s.norm, "prevalence": cfg.prevalence,
+        "pool_prevalence": prev, "source_retrained": s.retrained, "notes": s.notes,
+        "models": {f: {a: summarize(v) for a, v in arms.items()} for f, arms in per_fold.items()},
+        "repeats_detail": per_fold,
+        "delivered": {"choices": choices, "chosen_counts": _counts([c["chosen"] for c in
+                                                                    choices]),
+                      "map_model": {"trained_on": "every labelled target point", "n": int(n),
+                                    "n_landslides": n_pos, **sel.to_dict()},
+                      "how": DELIVERED_HOW,
+                      "skill": f"{how} of the whole procedure (selection included): each fold's "
+                               "model was chosen and trained without that fold"},
+        "factor_relations": s.relations,
+    }
+    metrics["_shots_r0"] = np.arange(n)
+    return metrics, {DELIVERED: model}
+
+
+def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
+           models: dict[str, Any]) -> None:
+    out = s.out
+    out.mkdir(parents=True, exist_ok=True)
+    shots_r0 = metrics.pop("_shots_r0")
+    save_models(out, models)
+    # the rows the saved family models were trained on (repeat 0's shots)
+    s.target.table.iloc[shots_r0].to_parquet(out / "training_table.parquet")
     write_json(out / "metrics.json", metrics)
     write_run_meta(out, {
-        "command": cfg.command, "kind": "finetune", "region": tspec.name,
-        "chain": list(run.meta.get("chain", [run.region])) + [tspec.name],
-        "families": families, "schema": schema.to_dict(), "norm": norm,
-        "stats": target.stats, "source_stats": source_stats,
+        "command": cfg.command, "kind": "finetune", "region": s.tspec.name,
+        "chain": list(s.run.meta.get("chain", [s.run.region])) + [s.tspec.name],
+        "families": list(models), "schema": s.schema.to_dict(), "norm": s.norm,
+        "stats": s.target.stats, "source_stats": s.source_stats,
         "training_prevalence": 0.5, "prevalence": cfg.prevalence, "seed": cfg.seed,
-        "shots": cfg.shots, "split": split, "notes": notes + target.notes,
-        "checksums": target.checksums, "source_run": str(run.path),
-        "spec": dump_region(tspec), "spec_file": str(tspec.source_file or tspec.name),
+        "shots": cfg.shots, "split": metrics["split"], "notes": s.notes + s.target.notes,
+        "checksums": s.target.checksums, "source_run": str(s.run.path),
+        "delivered": DELIVERED if DELIVERED in models else None,
+        "spec": dump_region(s.tspec), "spec_file": str(s.tspec.source_file or s.tspec.name),
     })
-    return metrics
+
+
+def _flag_relations(s: _Setup, relations: dict[str, dict[str, Any]], where: str) -> None:
+    """Record factor relations and warn about factors whose sign differs between regions."""
+    s.relations = relations
+    bad = [c for c, r in relations.items() if r["disagree"]]
+    if bad:
+        msg = (f"factor(s) {', '.join(bad)}: related to landslides with the opposite sign in "
+               f"the source and in the target ({where}); their meaning or units may differ "
+               "between the regions (check the specs). The delivered model's candidates "
+               "include the sources with these factors held at their mean.")
+        s.notes.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _rebase(model: Any, prevalence: float) -> Any:
+    """Shift a model trained at ``prevalence`` to the runs' training prevalence of 0.5."""
+    if 0 < prevalence < 1:
+        model.intercept_ -= float(np.log(prevalence) - np.log1p(-prevalence))
+    return model
+
+
+def _best_source_on_shots(models: dict[str, Any], X: Any, y: np.ndarray,
+                          families: list[str]) -> str:
+    """The source family whose zero-shot ranking of the shots is best (AUC on the shots)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = {f: roc_auc_score(y, models[f].predict_proba(X)[:, 1]) for f in families}
+    return max(families, key=lambda f: aucs[f])
+
+
+def _best_target_in_cv(sel: Any, families: list[str]) -> str:
+    """The target-only family with the lowest cross-validated log-loss on the shots."""
+    scores = {f: sel.cv_loss.get(f"target({f})", np.inf) for f in families}
+    return min(families, key=lambda f: scores[f])
+
+
+def _counts(names: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in names:
+        out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def paired_table(per_repeat: dict[str, dict[str, list[dict[str, float]]]],
+                 families: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Paired differences (same shots, same test set) of the comparisons that matter."""
+    pairs = [(CHOSEN, "delivered", CHOSEN, "source_only"),
+             (CHOSEN, "delivered", CHOSEN, "target_only")]
+    for f in families:
+        pairs += [(CHOSEN, "delivered", f, "stage2"), (f, "stage2", f, "target_only"),
+                  (f, "stage2", f, "source_only")]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for fa, a, fb, b in pairs:
+        ra, rb = per_repeat[fa][a], per_repeat[fb][b]
+        key = f"{fa}:{a} - {fb}:{b}" if fa != fb else f"{fa}: {a} - {b}"
+        out[key] = {}
+        for m in ("auc", "log_loss", "log_loss_prior_corrected"):
+            if ra and m in ra[0] and m in rb[0]:
+                out[key][m] = paired_difference([x[m] for x in ra], [x[m] for x in rb],
+                                                higher_is_better=m == "auc")
+    return out
 
 
 def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str, seed: int,

@@ -72,7 +72,7 @@ from lsm.workflows.runs import now_iso, package_versions
 STEP_JSON = "step.json"
 STEP_FORMAT = 1
 #: Bumped when what a step kind computes changes, so older outputs are redone.
-STEP_VERSIONS = {"derive": 2, "fit": 1, "finetune": 1}
+STEP_VERSIONS = {"derive": 2, "fit": 1, "finetune": 2}
 METRIC_ORDER = ("auc", "log_loss", "brier", "accuracy")
 ID_COLUMNS = ("study", "kind", "source", "target", "chain", "route", "norm", "fraction",
               "n_source", "family", "arm", "shots")
@@ -557,7 +557,7 @@ class _Runner:
             shots=c["shots"], repeats=c["repeats"], models=c["models"], seed=c["seed"],
             out=d, norm=c["norm"], prevalence=c["prevalence"],
             test_fraction=c["test_fraction"], device=c["device"], progress=False,
-            command=self.command))
+            deliver=False, command=self.command))
         return {"test_size": m["test_size"], "pool_size": m["pool_size"],
                 "source_retrained": m["source_retrained"]}
 
@@ -722,10 +722,14 @@ def collect_results(plan: Plan, runner: _Runner) -> pd.DataFrame:
                     rows.append({**base, "family": fam, "arm": "source_cv",
                                  "repeat": int(fold["fold"]), **m})
             continue
+        choices = metrics.get("delivered", {}).get("choices", [])
         for fam, arms in metrics["repeats_detail"].items():
             for arm, reps in arms.items():
                 for r, m in enumerate(reps):
-                    rows.append({**base, "family": fam, "arm": arm, "repeat": r, **m})
+                    row = {**base, "family": fam, "arm": arm, "repeat": r, **m}
+                    if arm == "delivered" and r < len(choices):
+                        row["chosen"] = choices[r]["chosen"]
+                    rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=[*ID_COLUMNS, "repeat", *METRIC_ORDER, "step"])
@@ -762,8 +766,8 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
 # tables (markdown and rich)
 
 
-_ARM_ORDER = ("source_only", "target_only", "stage1", "stage2", "source_cv")
-_FAM_ORDER = ("rf", "lr", "xgb", "mlp")
+_ARM_ORDER = ("source_only", "target_only", "stage1", "stage2", "delivered", "source_cv")
+_FAM_ORDER = ("lsm", "rf", "lr", "xgb", "mlp")
 _METRIC_TITLES = {"auc": "AUC", "log_loss": "log-loss", "brier": "Brier", "accuracy": "accuracy"}
 
 
@@ -855,6 +859,79 @@ def study_tables(cfg: PipelineConfig, summary: pd.DataFrame
     return out
 
 
+#: Paired comparisons reported per shots study: (family a, arm a, family b, arm b).
+PAIRED = (("lsm", "delivered", "lsm", "source_only"), ("lsm", "delivered", "lsm", "target_only"))
+
+
+def paired_tables(cfg: PipelineConfig, results: pd.DataFrame
+                  ) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """Paired differences (same shots, same test set) per shots study, target and K.
+
+    Cells: mean difference over the repeats, its 95 % t-interval, and the share of
+    repeats where the first arm is better (higher AUC, lower log-loss).
+    """
+    from lsm.evaluate.metrics import paired_difference
+
+    out: list[tuple[str, str, list[str], list[list[str]]]] = []
+    if results.empty or "arm" not in results or not (results["arm"] == "delivered").any():
+        return out
+    for study in cfg.studies:
+        if not isinstance(study, ShotsStudy):
+            continue
+        sdf = results[results["study"] == study.id]
+        for (norm, tgt), t in sdf.groupby(["norm", "target"], sort=False, dropna=False):
+            ks = sorted(t["shots"].dropna().unique())
+            ll = ("log_loss_prior_corrected" if "log_loss_prior_corrected" in t
+                  and t["log_loss_prior_corrected"].notna().any() else "log_loss")
+            body = []
+            for fa, a, fb, b in PAIRED:
+                for metric, better in (("auc", 1.0), (ll, -1.0)):
+                    row = [f"{a} − {b} ({fa})", _METRIC_TITLES.get(metric, metric.replace(
+                        "log_loss_prior_corrected", "log-loss (prior-corr.)"))]
+                    for k in ks:
+                        tk = t[t["shots"] == k]
+                        xa = tk[(tk["family"] == fa) & (tk["arm"] == a)].sort_values("repeat")
+                        xb = tk[(tk["family"] == fb) & (tk["arm"] == b)].sort_values("repeat")
+                        if xa.empty or len(xa) != len(xb):
+                            row.append("")
+                            continue
+                        d = paired_difference(list(better * xa[metric]),
+                                              list(better * xb[metric]))
+                        row.append(f"{better * d['mean_diff']:+.3f} [{_lo_hi(d, better)}], "
+                                   f"{d['win_rate']:.0%}")
+                    body.append(row)
+            src = t["source"].iloc[0]
+            out.append((study.id, f"Paired differences: {src} → {tgt}"
+                        f"{', ' + str(norm) + ' norm' if len(study.norms) > 1 else ''}",
+                        ["comparison", "metric", *[f"K={k}" for k in ks]], body))
+    return out
+
+
+def chosen_tables(cfg: PipelineConfig, results: pd.DataFrame
+                  ) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """How often each strategy was delivered, per shots study, target and K."""
+    out: list[tuple[str, str, list[str], list[list[str]]]] = []
+    if results.empty or "chosen" not in results:
+        return out
+    for study in cfg.studies:
+        if not isinstance(study, ShotsStudy):
+            continue
+        sdf = results[(results["study"] == study.id) & results["chosen"].notna()]
+        for tgt, t in sdf.groupby("target", sort=False):
+            ks = sorted(t["shots"].dropna().unique())
+            counts = t.groupby(["chosen", "shots"]).size().unstack(fill_value=0)
+            body = [[str(name), *[str(int(counts.loc[name].get(k, 0))) for k in ks]]
+                    for name in counts.sum(axis=1).sort_values(ascending=False).index]
+            out.append((study.id, f"Delivered strategy (repeats): {t['source'].iloc[0]} → {tgt}",
+                        ["strategy", *[f"K={k}" for k in ks]], body))
+    return out
+
+
+def _lo_hi(d: dict[str, float], sign: float) -> str:
+    lo, hi = sorted((sign * d["ci95_low"], sign * d["ci95_high"]))
+    return f"{lo:+.3f}, {hi:+.3f}"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
@@ -886,12 +963,20 @@ def summary_markdown(res: PipelineResult, meta: dict[str, Any]) -> str:
         "Cells: mean ± standard deviation over the repeats (shot draws); every arm of a "
         "row is scored on the same held-out target test set. Arms: source_only = source "
         "model zero-shot, target_only = trained on the shots alone, stage1 = head re-fit on "
-        "the shots, stage2 = fine-tuned.",
+        "the shots, stage2 = fine-tuned. Row `lsm`: `delivered` = the model lsm delivers, "
+        "its strategy and families chosen by cross-validation on the shots alone; "
+        "`source_only` / `target_only` = the baselines a user would pick without the test "
+        "set (the source family that ranks the shots best; the target-only family with the "
+        "lowest cross-validated log-loss on the shots).",
+        "",
+        "Paired tables: mean difference over repeats [95 % t-interval], and the share of "
+        "repeats where the first arm is better (higher AUC, lower log-loss).",
         "",
     ]
     if meta.get("overrides"):
         lines += [f"Overrides: {meta['overrides']}", ""]
-    tables = study_tables(cfg, res.summary)
+    tables = (study_tables(cfg, res.summary) + paired_tables(cfg, res.results)
+              + chosen_tables(cfg, res.results))
     for study in cfg.studies:
         lines += [f"## Study `{study.id}` ({study.kind})", ""]
         for sid, title, h, b in tables:
@@ -908,7 +993,8 @@ def print_pipeline_summary(res: PipelineResult, console: Any) -> None:
     """Rich tables of every study, then where the results are."""
     from rich.table import Table
 
-    for _sid, title, header, rows in study_tables(res.config, res.summary):
+    for _sid, title, header, rows in (study_tables(res.config, res.summary)
+                                      + paired_tables(res.config, res.results)):
         t = Table(*header, title=title)
         for r in rows:
             t.add_row(*r)

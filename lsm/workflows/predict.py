@@ -167,8 +167,18 @@ def _run_spec(run: Run) -> RegionSpec:
 
 
 def _best_family(run: Run) -> str:
-    """The family with the best held-out AUC in the run's metrics (xgb if unknown)."""
+    """The model a run delivers by default.
+
+    A fine-tune run maps its delivered model (chosen on the shots, never on
+    the hold-out).  A fit run maps the family with the best spatial-CV AUC
+    on the source data; runs written before the delivered model existed, the
+    family with the best mean stage-2 AUC (xgb if unknown).
+    """
     from lsm.io.artifacts import read_json
+
+    delivered = run.meta.get("delivered")
+    if delivered and delivered in run.models:
+        return str(delivered)
 
     try:
         m = read_json(run.path / "metrics.json")

@@ -84,29 +84,60 @@ def print_fit_metrics(metrics: dict[str, Any], console: Any) -> None:
 def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
+    models = metrics["models"]
     extra = "log_loss_prior_corrected" if any(
-        "log_loss_prior_corrected" in a["stage2"] for a in metrics["models"].values()) else None
+        "log_loss_prior_corrected" in s for a in models.values() for s in a.values()) else None
     cols = ["model", "arm", "AUC", "log-loss"] + (["log-loss (prior-corr.)"] if extra else []) \
         + ["Brier", "accuracy"]
-    t = Table(*cols, title=(
-        f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} shots, "
-        f"{metrics['repeats']} repeats, test {metrics['test_size']} points "
-        f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)"))
-    for fam, arms in metrics["models"].items():
+    if metrics.get("mode") == "production":
+        title = (f"{metrics['source_region']} -> {metrics['target']}: every labelled point "
+                 f"({metrics['n']}, {metrics['n_landslides']} landslides); skill by "
+                 f"{metrics['split']} (mean ± std over folds)")
+    else:
+        title = (f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} "
+                 f"shots, {metrics['repeats']} repeats, test {metrics['test_size']} points "
+                 f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)")
+    t = Table(*cols, title=title)
+    for fam, arms in models.items():
         best_auc = max(arms, key=lambda a: arms[a]["auc"]["mean"])
         best_ll = min(arms, key=lambda a: arms[a]["log_loss"]["mean"])
+        names = list(arms)
         for arm, s in arms.items():
             def cell(k: str, best: str | None = None, s: dict = s, arm: str = arm) -> str:
+                if k not in s:
+                    return ""
                 txt = f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
                 return f"[bold green]{txt}[/]" if best == arm else txt
-            row = [fam if arm == "source_only" else "", arm, cell("auc", best_auc),
+            row = [fam if arm == names[0] else "", arm, cell("auc", best_auc),
                    cell("log_loss", best_ll)]
             if extra:
                 row.append(cell(extra))
             row += [cell("brier"), cell("accuracy")]
-            t.add_row(*row, end_section=arm == "stage2")
+            t.add_row(*row, end_section=arm == names[-1])
     console.print(t)
+    delivered = metrics.get("delivered", {})
+    for key, d in metrics.get("paired", {}).items():
+        if not key.startswith("lsm:"):
+            continue
+        a, ll = d.get("auc"), d.get(extra or "log_loss")
+        if a and ll:
+            console.print(f"paired {key}: AUC {a['mean_diff']:+.3f} [{a['ci95_low']:+.3f}, "
+                          f"{a['ci95_high']:+.3f}], wins {a['win_rate']:.0%}; "
+                          f"{'prior-corr. ' if extra else ''}log-loss {ll['mean_diff']:+.3f} "
+                          f"[{ll['ci95_low']:+.3f}, {ll['ci95_high']:+.3f}]")
+    counts = delivered.get("chosen_counts")
+    if counts:
+        console.print("delivered strategy per " + ("fold" if metrics.get("mode") ==
+                      "production" else "repeat") + ": "
+                      + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    mm = delivered.get("map_model")
+    if mm:
+        hold = mm.get("holdout")
+        console.print(f"map model: {mm['chosen']} trained on {mm['trained_on']} "
+                      f"({mm['n']} points)" + (f"; hold-out AUC {hold['auc']:.3f}, log-loss "
+                                                f"{hold['log_loss']:.3f}" if hold else ""))
     for n in metrics.get("notes", []):
         console.print(f"note: {n}")
     secs = ", ".join(f"{f} {v:.2f}s" for f, v in metrics.get("seconds_per_repeat", {}).items())
-    console.print(f"time per repeat (target_only + stage 1 + stage 2): {secs}")
+    if secs:
+        console.print(f"time per repeat: {secs}")

@@ -18,6 +18,58 @@ def _m(s: dict[str, float]) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _pd(d: dict[str, float]) -> str:
+    return (f"{d['mean_diff']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}], "
+            f"wins {d['win_rate']:.0%}, Wilcoxon p = {d['wilcoxon_p']:.2g}")
+
+
+def _delivered_section(metrics: dict[str, Any]) -> list[str]:
+    """Which model the run delivers, how it was chosen, and the paired comparisons."""
+    d = metrics.get("delivered")
+    if not d:
+        return []
+    L = ["", "### The delivered model", ""]
+    mm = d.get("map_model", {})
+    if mm:
+        L.append(f"- Map model: strategy `{mm['chosen']}`, trained on {mm['trained_on']} "
+                 f"({mm['n']} points, {mm['n_landslides']} landslides). Chosen by "
+                 f"{mm['folds']} cross-validation on those points: {mm['rule']}.")
+        if mm.get("holdout"):
+            h = mm["holdout"]
+            L.append(f"- Map model on the hold-out (never used to train or choose it): AUC "
+                     f"{h['auc']:.3f}, log-loss {h['log_loss']:.3f}.")
+    L.append(f"- How: {d['how']}")
+    counts = d.get("chosen_counts", {})
+    if counts:
+        per = "fold" if metrics.get("mode") == "production" else "repeat"
+        L.append(f"- Strategy chosen per {per}: "
+                 + ", ".join(f"`{k}` x{v}" for k, v in counts.items()) + ".")
+    rel = metrics.get("factor_relations") or {}
+    if rel:
+        L += ["", "Each factor's relation to landslides (logistic slope on the standardised "
+              "factor) in the source's training table and in the target's labelled points; "
+              "opposite signs, each clearly non-zero, are flagged: the factor may mean "
+              "something else in the target (units, sign convention).", "",
+              "| factor | source slope | target slope (± SE) | flag |", "|---|---:|---:|---|"]
+        for c, r in rel.items():
+            se = f" ± {r['target_se']:.2f}" if r.get("target_se") is not None else ""
+            L.append(f"| {c} | {r['source_slope']:+.2f} | {r['target_slope']:+.2f}{se} | "
+                     f"{'**disagrees**' if r['disagree'] else ''} |")
+    paired = metrics.get("paired", {})
+    if paired:
+        L += ["", "Paired comparisons (same shots, same test set; mean difference over "
+              "repeats [95 % interval], share of repeats won, Wilcoxon signed-rank p):", "",
+              "| comparison | AUC | log-loss | log-loss (prior-corrected) |", "|---|---|---|---|"]
+        for key, v in paired.items():
+            cells = [_pd(v[m]) if m in v else "" for m in
+                     ("auc", "log_loss", "log_loss_prior_corrected")]
+            L.append(f"| {key} | " + " | ".join(cells) + " |")
+        L.append("")
+        L.append("For log-loss a negative difference is better; 'wins' counts the repeats "
+                 "where the first arm is better (higher AUC, lower log-loss).")
+    return L
+
+
 def write_report(run: Run, outputs: dict[str, Any]) -> Path:
     """Write ``report.md`` and ``report.html`` into the run folder; return the md path."""
     meta = run.meta
@@ -37,6 +89,13 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
         L.append(f"- Region `{run.region}` (spec `{meta.get('spec_file')}`): {metrics['n']} "
                  f"sample points, {metrics['n_landslides']} landslides.")
         L.append(f"- Validation: {metrics['n_folds']}-fold {metrics['split']} cross-validation.")
+    elif metrics.get("mode") == "production":
+        L.append(f"- Source run `{meta.get('source_run')}` (region `{metrics['source_region']}`);"
+                 f" target `{metrics['target']}` (spec `{meta.get('spec_file')}`).")
+        L.append(f"- Production run (`--shots all`): the delivered model is trained on every "
+                 f"labelled target point ({metrics['n']}, {metrics['n_landslides']} "
+                 "landslides); there is no separate test set.")
+        L.append(f"- Skill: {metrics['delivered']['skill']}.")
     else:
         L.append(f"- Source run `{meta.get('source_run')}` (region `{metrics['source_region']}`);"
                  f" target `{metrics['target']}` (spec `{meta.get('spec_file')}`).")
@@ -76,9 +135,19 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
                 L.append(f"| {fam} | {arm} | {_m(s['auc'])} | {_m(s['log_loss'])} | "
                          f"{_m(s['brier'])} | {_m(s['accuracy'])} |")
         L.append("")
-        L.append("`source_only`: the source model zero-shot; `target_only`: trained on the shots "
-                 "alone; `stage1`: source head re-estimated on the shots; `stage2`: stage 1 "
-                 "fine-tuned as a whole, anchored at the source. Mean ± std over repeats.")
+        if metrics.get("mode") == "production":
+            L.append("Mean ± std over the cross-validation folds. Row `lsm`, `delivered`: the "
+                     "whole delivery procedure (choice of strategy included) run on each "
+                     "fold's training part and scored on the fold; `source_only`: each source "
+                     "model zero-shot, prior-shifted to the target's landslide share.")
+        else:
+            L.append("`source_only`: the source model zero-shot; `target_only`: trained on the "
+                     "shots alone; `stage1`: source head re-estimated on the shots; `stage2`: "
+                     "stage 1 fine-tuned as a whole, anchored at the source. Mean ± std over "
+                     "repeats. Row `lsm`: `delivered` is what this run delivers; its "
+                     "`source_only` and `target_only` are the baselines a user would pick "
+                     "without the test set (family chosen on the shots).")
+        L += _delivered_section(metrics)
     L.append("")
     figs = outputs.get("figures", {})
     for key, title in (("roc", "ROC curves"), ("reliability", "Calibration"),

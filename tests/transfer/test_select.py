@@ -210,3 +210,30 @@ def test_paired_difference() -> None:
     assert 0 < d["wilcoxon_p"] <= 1
     same = paired_difference([1.0, 2.0], [1.0, 2.0])
     assert same["mean_diff"] == 0 and np.isnan(same["wilcoxon_p"])
+
+
+def test_a_factor_with_the_opposite_relation_is_flagged_and_can_be_neutralised(source) -> None:
+    """The source says 'a' raises the odds; in the target it lowers them (as an unsigned
+    curvature against a signed one would): flagged, and the pool gains the sources
+    with 'a' held at its mean."""
+    Xs = _frame(3000, 70)
+    ys = _labels(2 * Xs["a"] - Xs["b"], 71)
+    X = _frame(200, 72)
+    y = _labels(-2 * X["a"] - 2 * X["b"], 73)
+    rel = S.factor_relations(Xs, ys, X, y, ["a", "b", "c"])
+    assert rel["a"]["disagree"] and not rel["b"]["disagree"] and not rel["c"]["disagree"]
+    assert rel["a"]["source_slope"] > 0 > rel["a"]["target_slope"]
+    model, sel = S.fit_delivered({"lr": source}, X, y, make_target=_make_target,
+                                 target_families=["lr"], seed=0, source_table=(Xs, ys),
+                                 continuous=["a", "b", "c", "d"])
+    assert sel.neutral == ["a"] and "recal(mean~a)" in sel.cv_loss
+    # holding 'a' at its mean removes the source's wrong sign: a better recalibration
+    assert sel.cv_loss["recal(mean~a)"] < sel.cv_loss["recal(lr)"]
+    held = S.build(S.Strategy("recal", source="mean~a"), S.make_batch({"lr": source}, X,
+                                                                      neutral=["a"]), y,
+                   S.Context(sources={"lr": source}, make_target=_make_target,
+                             n_features=4, feature_names=COLS))
+    assert held.neutral_ == {"source_lr~a": ["a"]}
+    Xn = _frame(20, 74)
+    moved = Xn.assign(a=Xn["a"] + 5.0)
+    np.testing.assert_allclose(held.predict_proba(Xn), held.predict_proba(moved))

@@ -16,15 +16,6 @@ from lsm.workflows.runs import load_run
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lsm.datasets.demo import generate_demo
-
-    d = tmp_path_factory.mktemp("demo")
-    generate_demo(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def source_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "src"
     rc = main(["fit", "--source", str(demo_dir / "demo-source.yaml"), "--model", "lr,xgb",
@@ -113,7 +104,7 @@ def test_finetune_metrics_have_four_arms(finetune_run: Path) -> None:
 def test_finetuned_run_loads_and_chains(finetune_run: Path, demo_dir: Path,
                                         tmp_path: Path) -> None:
     run = load_run(finetune_run)
-    assert set(run.models) == {"lr", "xgb"}
+    assert set(run.models) == {"lr", "xgb", "delivered"}
     out = tmp_path / "chain"
     rc = main(["finetune", "--target", str(demo_dir / "demo-target.yaml"), "--from",
                str(finetune_run), "--shots", "10", "--repeats", "1", "--model", "lr", "--out",

@@ -195,10 +195,13 @@ def test_demo_pipeline_outputs(demo_run: dict[str, Any]) -> None:
                 "fraction", "chain", "auc", "log_loss", "brier", "accuracy"):
         assert col in df.columns
     arms = {"source_only", "target_only", "stage1", "stage2"}
+    lsm_arms = {"source_only", "target_only", "delivered"}
     shots = df[df["study"] == "shots"]
     assert set(map(tuple, shots[["family", "arm", "shots"]].drop_duplicates().to_numpy())) == \
-        {(f, a, k) for f in ("lr", "xgb") for a in arms for k in (10, 25)}
-    assert len(shots) == 2 * 4 * 2 * 2  # families x arms x K x repeats
+        {(f, a, k) for f in ("lr", "xgb") for a in arms for k in (10, 25)} | \
+        {("lsm", a, k) for a in lsm_arms for k in (10, 25)}
+    # (families x arms + the delivered row) x K x repeats
+    assert len(shots) == (2 * 4 + 3) * 2 * 2
     scale = df[df["study"] == "source_scale"]
     assert sorted(scale["fraction"].unique()) == [0.5, 1.0]
     n_src = scale.groupby("fraction")["n_source"].first()
@@ -220,6 +223,7 @@ def test_demo_pipeline_outputs(demo_run: dict[str, Any]) -> None:
     for study in ("shots", "source_scale", "progressive"):
         assert f"## Study `{study}`" in md
     assert "chain − direct" in md and "± " in md
+    assert "Paired differences" in md and "delivered − target_only (lsm)" in md
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert len(figs) == 6
     for p in (out / "figures").glob("*.png"):
