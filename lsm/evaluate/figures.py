@@ -393,8 +393,12 @@ def plot_shots_curve(df: pd.DataFrame, path: PathLike, metric: str = "auc",
             ax.set_xlabel("shots per class")
         for ax in axes[:, 0]:
             ax.set_ylabel(label.split(",")[0])
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        seen: dict[str, Any] = {}  # every arm of every panel (row lsm adds 'delivered')
+        for ax in np.ravel(axes):
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2,
+                   frameon=False)
         fig.suptitle(title or f"{label.split(',')[0]} vs number of shots per class\n"
                      "(k landslides + k non-landslides; line: mean, band: \u00b1 std)")
     return Path(path)

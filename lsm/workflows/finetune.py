@@ -55,9 +55,12 @@ CHOSEN_ARMS = ("source_only", "target_only", "delivered")
 #: Folder (family) name of the delivered model in a run.
 DELIVERED = "delivered"
 DELIVERED_HOW = (
-    "chosen among candidate strategies (recalibrated source, source logit + factors, "
-    "residual boosting over the source, target-only, blends) by repeated cross-validation "
-    "on the shots alone (log-loss, one-SE rule towards simpler transfer); the evaluation "
+    "default: the recalibrated mean logit of the source families blended with the mean "
+    "logit of target-only rf, lr and xgb, the source weighted 20 / (20 + n) for n shots, "
+    "recalibrated on its out-of-fold margins; every other candidate (recalibrated source, "
+    "source logit + factors, residual boosting over the source, target-only, lr stages, "
+    "blends) is scored by cross-validation on the shots alone and replaces the default "
+    "only when its log-loss is lower by more than 3 paired standard errors; the evaluation "
     "hold-out never enters the choice. Baselines in row 'lsm': source_only = the source "
     "family that ranks the shots best; target_only = the family with the lowest "
     "cross-validated log-loss on the shots.")
