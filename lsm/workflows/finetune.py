@@ -204,6 +204,8 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
             f"{', '.join(target.kinds)}){''.join('; ' + n for n in notes)}")
     for n in notes:
         warnings.warn(n, UserWarning, stacklevel=2)
+    if cfg.shots != "all":  # cheap check before any re-training
+        _holdout(cfg, target)
     models = {f: run.models[f] for f in families}
     retrained = False
     if factors != run.schema.factors or norm != run.norm or cfg.reweight:
@@ -279,22 +281,30 @@ def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int) -> tupl
                          xy=None if s.xy is None else s.xy[idx])
 
 
+def _holdout(cfg: FinetuneConfig, target: RegionData) -> tuple[np.ndarray, str]:
+    """The fixed test set of a study; a K the pool outside it cannot give is an error."""
+    test, split = holdout_mask(target.table, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    y = target.table["label"].to_numpy()[~test]
+    k = int(cfg.shots)
+    n_pos, n_neg = int(y.sum()), int((y == 0).sum())
+    if k > min(n_pos, n_neg):
+        raise SamplingError(
+            f"--shots {k} needs {k} landslides and {k} non-landslides in the training pool "
+            f"outside the hold-out, which has {n_pos} and {n_neg}; use --shots "
+            f"{min(n_pos, n_neg)} or less, or --shots all")
+    return test, split
+
+
 def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, Any]]:
     """K shots x repeats: every arm scored on one fixed hold-out."""
-    table = s.target.table
-    test, split = holdout_mask(table, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    test, split = _holdout(cfg, s.target)
     if split == "random":
         s.notes.append("target has no coordinates: the test set is a random (stratified) "
                        "hold-out")
     X_test, y_test = s.X[test], s.y[test]
     pool = np.flatnonzero(~test)
     k = int(cfg.shots)
-    n_pos, n_neg = int(s.y[pool].sum()), int((s.y[pool] == 0).sum())
-    if k > min(n_pos, n_neg):
-        raise SamplingError(
-            f"--shots {k} needs {k} landslides and {k} non-landslides in the training pool "
-            f"outside the hold-out, which has {n_pos} and {n_neg}; use --shots "
-            f"{min(n_pos, n_neg)} or less, or --shots all")
+    n_pos = int(s.y[pool].sum())
     pool_prev = float(s.y[pool].mean())
     test_prev = float(y_test.mean())
     imbalanced = abs(test_prev - 0.5) > 0.1
