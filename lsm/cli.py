@@ -279,17 +279,19 @@ def finetune(
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """Adapt source models to a data-scarce region, deliver one model, measure the gain.
+    """Adapt source models to a region with few landslides; deliver one model.
 
-    Per family, stage 1 re-estimates the source model's head on the shots and stage 2
-    fine-tunes it all, anchored at the source; both are compared with the source model
-    alone and a model trained on the shots alone, on the same held-out target data.
+    The run delivers one model (row 'lsm', arm 'delivered'): a transfer
+    strategy chosen by cross-validation on the shots alone, never on the
+    hold-out. It is scored beside the source model alone, a model trained
+    on the shots alone, and each family's stage 1 (head re-fit) and
+    stage 2 (fine-tuned, anchored at the source), on one held-out target
+    set, with paired differences. Its map model is re-fitted on every
+    labelled point outside the hold-out.
 
-    The run delivers one model (row 'lsm', arm 'delivered'): the transfer strategy and
-    family chosen by cross-validation on the shots alone, never on the hold-out. Its
-    map model is re-fitted on every labelled point outside the hold-out. With --shots
-    all there is no hold-out: every labelled point trains it, and nested
-    cross-validation (spatial blocks where coordinates exist) estimates its skill.
+    With --shots all there is no hold-out: every labelled point trains the
+    delivered model, and nested cross-validation (spatial blocks where
+    coordinates exist) estimates its skill.
     """
     _set_data_dir(data_dir)
     _check_device(device)
