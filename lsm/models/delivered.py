@@ -204,15 +204,9 @@ class DeliveredModel(LsmClassifier):
             raise ArtifactError(f"{directory / HEAD}: x_coef has {model.x_coef_.size} values "
                                 f"for {n} features")
         if head.get("residual"):
-            import xgboost as xgb
+            from lsm.models.xgb import load_booster
 
-            booster = xgb.Booster()
-            try:
-                booster.load_model(str(directory / RESIDUAL))
-            except xgb.core.XGBoostError as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                raise ArtifactError(f"{directory / RESIDUAL}: not a readable XGBoost model "
-                                    f"({first})") from None
+            booster = load_booster(directory / RESIDUAL)
             booster.set_param({"nthread": 1})
             model.booster_ = booster
         return model

@@ -143,18 +143,11 @@ class XGBModel(LsmClassifier):
     @classmethod
     def load(cls, directory: Path) -> XGBModel:
         """Read a folder written by :meth:`save` (checksums verified first)."""
-        import xgboost as xgb
 
         directory = Path(directory)
         model = cls(**params_from_meta(directory, cls))
         meta = set_fitted_from_meta(model, directory)
-        booster = xgb.Booster()
-        try:
-            booster.load_model(str(directory / BOOSTER))
-        except xgb.core.XGBoostError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ArtifactError(f"{directory / BOOSTER}: not a readable XGBoost model "
-                                f"({first})") from None
+        booster = load_booster(directory / BOOSTER)
         if booster.num_features() != model.n_features_in_:
             raise ArtifactError(f"{directory / BOOSTER}: {booster.num_features()} features, "
                                 f"meta.json says {model.n_features_in_}")
@@ -164,6 +157,19 @@ class XGBModel(LsmClassifier):
         booster.set_param(xgb_threads(model.n_jobs))
         model.booster_ = booster
         return model
+
+
+def load_booster(path: Path) -> Any:
+    """An XGBoost booster from a JSON/UBJ file; :class:`ArtifactError` if unreadable."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ArtifactError(f"{path}: not a readable XGBoost model ({first})") from None
+    return booster
 
 
 def xgb_objective(n_classes: int) -> dict[str, Any]:

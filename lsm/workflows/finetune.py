@@ -187,6 +187,7 @@ class _Setup:
     source_table: tuple[Any, np.ndarray] | None = None
     continuous: tuple[str, ...] = ()
     relations: dict[str, dict[str, Any]] | None = None
+    holdout: tuple[np.ndarray, str] | None = None  # study mode: (test mask, split kind)
 
 
 def _prepare(cfg: FinetuneConfig) -> _Setup:
@@ -204,8 +205,8 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
             f"{', '.join(target.kinds)}){''.join('; ' + n for n in notes)}")
     for n in notes:
         warnings.warn(n, UserWarning, stacklevel=2)
-    if cfg.shots != "all":  # cheap check before any re-training
-        _holdout(cfg, target)
+    # study mode: the fixed test set, and the cheap check of K, before any re-training
+    holdout = _holdout(cfg, target) if cfg.shots != "all" else None
     models = {f: run.models[f] for f in families}
     retrained = False
     if factors != run.schema.factors or norm != run.norm or cfg.reweight:
@@ -237,7 +238,7 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
     return _Setup(run, families, norm, tspec, target, factors, notes, models, retrained,
                   schema, source_stats, X, table["label"].to_numpy(), xy,
                   float(run.meta.get("training_prevalence", 0.5)), out,
-                  _source_table(run, schema, norm), continuous)
+                  _source_table(run, schema, norm), continuous, holdout=holdout)
 
 
 def _source_table(run: Run, schema: Any, norm: str) -> tuple[Any, np.ndarray] | None:
@@ -297,7 +298,8 @@ def _holdout(cfg: FinetuneConfig, target: RegionData) -> tuple[np.ndarray, str]:
 
 def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, Any]]:
     """K shots x repeats: every arm scored on one fixed hold-out."""
-    test, split = _holdout(cfg, s.target)
+    assert s.holdout is not None
+    test, split = s.holdout
     if split == "random":
         s.notes.append("target has no coordinates: the test set is a random (stratified) "
                        "hold-out")
@@ -321,13 +323,13 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
     anchors: dict[str, list[dict[str, float]]] = {f: [] for f in families}
     choices: list[dict[str, Any]] = []
     stage2_r0: dict[str, Any] = {}
-    shots_used: list[np.ndarray] = []
 
     with progress_bar(f"fine-tuning on {k} shots", cfg.repeats * (len(families) + 1),
                       enabled=cfg.progress) as bar:
         for r in range(cfg.repeats):
             shots = pool[draw_shots(s.y[pool], k, seed=cfg.seed + r)]
-            shots_used.append(shots)
+            if r == 0:
+                shots_r0 = shots
             Xs, ys = s.X.iloc[shots], s.y[shots]
             for fam in families:
                 bar.describe(f"repeat {r + 1}/{cfg.repeats}: {fam}")
@@ -397,7 +399,7 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
         "anchor": cfg.anchor, "anchor_chosen": anchors,
         "factor_relations": s.relations,
     }
-    metrics["_shots_r0"] = shots_used[0]
+    metrics["_shots_r0"] = shots_r0
     return metrics, delivered_models
 
 
