@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lsm.config.spec import dump_region, load_region
+from lsm.errors import LsmError
 from lsm.io.artifacts import write_json
 from lsm.models.base import FAMILY_NAMES, get_family
 from lsm.stack.features import FeatureSchema, design_matrix
@@ -40,24 +41,40 @@ class FitConfig(BaseModel):
     norm: Literal["target", "source", "quantile", "none"] = "target"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cv: bool = Field(True, description="Run spatial cross-validation before the final fit.")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Hyper-parameters per family ({family: {name: "
+        "value}}, see lsm.config.params); families not named keep their defaults.")
     progress: bool = True
     command: str | None = Field(None, description="Command line that reproduces the run.")
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _check_params(cls, v: Any) -> Any:
+        from lsm.config.params import validate_params
 
-def model_params(family: str, *, seed: int, device: str = "auto") -> dict[str, Any]:
-    """Constructor parameters every workflow uses for ``family``."""
+        try:
+            return validate_params(v, source="params")
+        except LsmError as err:  # pydantic reports ValueError as a validation error
+            raise ValueError(str(err).removeprefix("params: ")) from None
+
+
+def model_params(family: str, *, seed: int, device: str = "auto",
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Constructor parameters every workflow uses for ``family`` (plus ``params``, e.g.
+    tuned hyper-parameters validated by :func:`lsm.config.params.validate_params`)."""
     cls = get_family(family)
     names = cls().get_params()
-    params: dict[str, Any] = {}
+    out: dict[str, Any] = dict(params or {})
     if "random_state" in names:
-        params["random_state"] = seed
+        out["random_state"] = seed
     if "device" in names:
-        params["device"] = device
-    return params
+        out["device"] = device
+    return out
 
 
-def make_model(family: str, *, seed: int, device: str = "auto") -> Any:
-    return get_family(family)(**model_params(family, seed=seed, device=device))
+def make_model(family: str, *, seed: int, device: str = "auto",
+               params: dict[str, Any] | None = None) -> Any:
+    return get_family(family)(**model_params(family, seed=seed, device=device, params=params))
 
 
 def train_matrix(data: RegionData, schema: FeatureSchema, norm: str):
@@ -67,15 +84,18 @@ def train_matrix(data: RegionData, schema: FeatureSchema, norm: str):
 
 
 def fit_models(data: RegionData, schema: FeatureSchema, families: list[str], *, norm: str,
-               seed: int, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+               seed: int, device: str = "auto", progress: bool = True,
+               params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train each family on the whole table of ``data``."""
     X = train_matrix(data, schema, norm)
     y = data.table["label"].to_numpy()
+    params = params or {}
     models = {}
     with progress_bar("training final models", len(families), enabled=progress) as bar:
         for fam in families:
             bar.describe(f"training {fam}")
-            models[fam] = make_model(fam, seed=seed, device=device).fit(X, y)
+            models[fam] = make_model(fam, seed=seed, device=device,
+                                     params=params.get(fam)).fit(X, y)
             bar.advance()
     return models
 
@@ -108,13 +128,14 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
             for fam in cfg.models:
                 bar.describe(f"cross-validating {fam}")
                 res = cross_validate(lambda fam=fam: make_model(fam, seed=cfg.seed,
-                                                                device=cfg.device),
+                                                                device=cfg.device,
+                                                                params=cfg.params.get(fam)),
                                      X, y, folds, on_fold=bar.advance)
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"]}
                 data.table[f"oof_{fam}"] = res["oof"]
 
     models = fit_models(data, schema, list(cfg.models), norm=cfg.norm, seed=cfg.seed,
-                        device=cfg.device, progress=cfg.progress)
+                        device=cfg.device, progress=cfg.progress, params=cfg.params)
     save_models(out, models)
     data.table.to_parquet(out / "training_table.parquet")
     write_json(out / "metrics.json", metrics)
@@ -237,7 +258,8 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
             for fam in cfg.models:
                 bar.describe(f"cross-validating {fam}")
                 res = cross_validate_sources(
-                    lambda fam=fam: make_model(fam, seed=cfg.seed, device=cfg.device),
+                    lambda fam=fam: make_model(fam, seed=cfg.seed, device=cfg.device,
+                                               params=cfg.params.get(fam)),
                     X, y, folds, regions, on_fold=bar.advance)
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"],
                                       "per_region": res["per_region"]}
@@ -246,8 +268,8 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     with progress_bar("training final models", len(cfg.models), enabled=cfg.progress) as bar:
         for fam in cfg.models:
             bar.describe(f"training {fam}")
-            models[fam] = make_model(fam, seed=cfg.seed, device=cfg.device).fit(
-                X, y, sample_weight=w)
+            models[fam] = make_model(fam, seed=cfg.seed, device=cfg.device,
+                                     params=cfg.params.get(fam)).fit(X, y, sample_weight=w)
             bar.advance()
     save_models(out, models)
     table.to_parquet(out / "training_table.parquet")
