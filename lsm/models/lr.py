@@ -34,7 +34,6 @@ from lsm.models.base import (
     register,
     set_fitted_from_meta,
 )
-from lsm.transfer import register_stages
 
 COEF = "coef.json"
 
@@ -64,6 +63,8 @@ class LogisticModel(LsmClassifier):
     """
 
     family = "lr"
+    #: Stage-2 options (L2-SP strength ``lam``) tried by ``--anchor auto``, strong first.
+    anchor_grid = ({"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1})
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-6,
                  class_weight: dict | str | None = None, random_state: int | None = 0) -> None:
@@ -138,7 +139,3 @@ class LogisticModel(LsmClassifier):
             raise ArtifactError(f"{directory / COEF}: coef and intercept shapes do not match")
         return model
 
-
-from lsm.transfer.lr import adapt_lr, finetune_lr  # noqa: E402  (needs LogisticModel above)
-
-register_stages("lr", adapt_lr, finetune_lr)

@@ -176,6 +176,10 @@ class MLPModel(LsmClassifier):
     """
 
     family = "mlp"
+    #: Stage-2 options tried by ``--anchor auto``, strong anchoring first; weak settings
+    #: also get the optimisation budget to move away from the source.
+    anchor_grid = ({"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},
+                   {"alpha": 1.0, "lr": 3e-3, "epochs": 200})
 
     def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (64, 32), dropout: float = 0.1,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
@@ -482,9 +486,3 @@ class MLPModel(LsmClassifier):
         model.loss_curve_, model.validation_loss_curve_ = [], []
         return model
 
-
-# Registered here, not in lsm.transfer, so that importing lsm.models wires up both stages.
-from lsm.transfer import register_stages  # noqa: E402
-from lsm.transfer.mlp import adapt_mlp, finetune_mlp  # noqa: E402
-
-register_stages("mlp", adapt_mlp, finetune_mlp)

@@ -41,7 +41,6 @@ from lsm.models.base import (
     register,
     set_fitted_from_meta,
 )
-from lsm.transfer import register_stages
 
 TREES = "trees.npz"
 # Node fields of sklearn's Tree, in the order of its structured ``nodes`` array.
@@ -74,6 +73,8 @@ class RandomForestModel(LsmClassifier):
     """
 
     family = "rf"
+    #: Stage-2 options (weight of the source trees) tried by ``--anchor auto``, strong first.
+    anchor_grid = ({"source_weight": 1500.0}, {"source_weight": 150.0})
 
     def __init__(self, *, n_estimators: int = 300, max_depth: int | None = None,
                  min_samples_leaf: int = 2, max_features: str | int | float | None = "sqrt",
@@ -310,7 +311,3 @@ def _seed(rs: Any) -> int:
 def _optional_int(v: Any) -> int | None:
     return None if v is None else int(v)
 
-
-from lsm.transfer.rf import adapt_rf, finetune_rf  # noqa: E402  (needs the model above)
-
-register_stages("rf", adapt_rf, finetune_rf)

@@ -33,7 +33,6 @@ from lsm.models.base import (
     register,
     set_fitted_from_meta,
 )
-from lsm.transfer import register_stages
 
 BOOSTER = "model.ubj"
 
@@ -68,6 +67,9 @@ class XGBModel(LsmClassifier):
     """
 
     family = "xgb"
+    #: Stage-2 options (extra boosting rounds) tried by ``--anchor auto``, strong first.
+    anchor_grid = ({"n_rounds": 10}, {"n_rounds": 40},
+                   {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3})
 
     def __init__(self, *, n_estimators: int = 300, max_depth: int = 4,
                  learning_rate: float = 0.05, subsample: float = 0.8,
@@ -198,7 +200,3 @@ def xgb_seed(random_state: Any) -> int:
         return int(random_state) % (2**31 - 1)
     return int(check_random_state(random_state).randint(2**31 - 1))
 
-
-from lsm.transfer.xgb import adapt_xgb, finetune_xgb  # noqa: E402  (needs the model above)
-
-register_stages("xgb", adapt_xgb, finetune_xgb)

@@ -7,8 +7,13 @@ the shots while anchored at the source (L2-SP, extra boosting rounds, extra
 trees, coefficient shrinkage towards the source).
 
 Both return a *new* fitted estimator; the model passed in is never modified.
-Families register their stages with :func:`register_stages`, so callers never
-branch on the model type.
+The built-in families' stages live in :mod:`lsm.transfer.lr`, ``rf``, ``xgb``
+and ``mlp`` and are registered for their classes with :func:`register_stages`;
+a family without registered stages gets the generic ones of
+:class:`lsm.models.base.LsmClassifier` (``transfer_adapt`` /
+``transfer_finetune``).  The anchoring grid of :func:`finetune_auto` is the
+family's ``anchor_grid``.  Callers never branch on the model type, and
+:mod:`lsm.models` never imports this package (transfer sits above models).
 
 Example
 -------
@@ -21,26 +26,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_STAGES: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+_STAGES: dict[type, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
 
-def register_stages(family: str, adapt_fn: Callable[..., Any],
+def register_stages(cls: type, adapt_fn: Callable[..., Any],
                     finetune_fn: Callable[..., Any]) -> None:
-    _STAGES[family] = (adapt_fn, finetune_fn)
+    """Use ``adapt_fn`` / ``finetune_fn`` as the stages of family class ``cls``.
+
+    ``adapt_fn(model, X, y, *, random_state)`` and
+    ``finetune_fn(model, X, y, *, source, random_state, **opts)``; the keys of
+    ``opts`` are those of ``cls.anchor_grid``.
+    """
+    _STAGES[cls] = (adapt_fn, finetune_fn)
 
 
-def _stages(model: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    import lsm.models  # noqa: F401  (families register their stages on import)
+def _registered(model: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    for klass in type(model).__mro__:
+        if klass in _STAGES:
+            return _STAGES[klass]
+    return None
 
-    family = getattr(model, "family", None)
-    if family not in _STAGES:
-        raise ValueError(f"no transfer stages for model family {family!r}")
-    return _STAGES[family]
+
+def _check_family(model: Any) -> None:
+    if not callable(getattr(model, "transfer_adapt", None)):
+        raise ValueError(f"no transfer stages for {type(model).__name__} (family "
+                         f"{getattr(model, 'family', None)!r}): not an lsm model family")
 
 
 def adapt(model: Any, X: Any, y: Any, *, random_state: int = 0, **opts: Any) -> Any:
     """Stage 1: re-estimate the frozen source model's head on the shots."""
-    return _stages(model)[0](model, X, y, random_state=random_state, **opts)
+    fns = _registered(model)
+    if fns is not None:
+        return fns[0](model, X, y, random_state=random_state, **opts)
+    _check_family(model)
+    return model.transfer_adapt(X, y, random_state=random_state, **opts)
 
 
 def finetune(model: Any, X: Any, y: Any, *, source: Any = None, random_state: int = 0,
@@ -48,23 +67,27 @@ def finetune(model: Any, X: Any, y: Any, *, source: Any = None, random_state: in
     """Stage 2: train all of ``model`` further on the shots, anchored at ``source``.
 
     ``model`` is usually the stage-1 result; ``source`` the original source
-    model the weights are pulled towards (defaults to ``model``).
+    model the weights are pulled towards (defaults to ``model``).  The stages of
+    ``source``'s family are used (a generic stage 1 may return another class).
     """
-    return _stages(model)[1](model, X, y, source=source if source is not None else model,
-                             random_state=random_state, **opts)
+    source = source if source is not None else model
+    fns = _registered(source)
+    if fns is not None:
+        return fns[1](model, X, y, source=source, random_state=random_state, **opts)
+    _check_family(source)
+    return source.transfer_finetune(model, X, y, random_state=random_state, **opts)
 
 
-#: Per family: candidate stage-2 options tried by :func:`finetune_auto`, from
-#: strong anchoring to the source (first) to weak (last).  Weak settings also
-#: get the optimisation budget to move away from the source.
-ANCHOR_GRID: dict[str, list[dict[str, Any]]] = {
-    "lr": [{"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1}],
-    "mlp": [{"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},
-            {"alpha": 1.0, "lr": 3e-3, "epochs": 200}],
-    "xgb": [{"n_rounds": 10}, {"n_rounds": 40},
-            {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3}],
-    "rf": [{"source_weight": 1500.0}, {"source_weight": 150.0}],
-}
+def anchor_grid(model: Any) -> list[dict[str, Any]]:
+    """Candidate stage-2 options of ``model``'s family, strong anchoring first.
+
+    Raises :class:`ValueError` naming the family when it declares no grid.
+    """
+    grid = list(getattr(type(model), "anchor_grid", ()) or ())
+    if not grid:
+        raise ValueError(f"model family {getattr(model, 'family', type(model).__name__)!r} "
+                         "declares no anchor_grid (stage-2 options for --anchor auto)")
+    return [dict(g) for g in grid]
 
 
 def finetune_auto(model: Any, X: Any, y: Any, *, source: Any = None, random_state: int = 0,
@@ -73,16 +96,17 @@ def finetune_auto(model: Any, X: Any, y: Any, *, source: Any = None, random_stat
 
     How much to trust the source is a property of the source/target pair:
     when the shots say the source is wrong, a weak anchor wins; when they are
-    few or noisy, a strong one.  Each candidate of :data:`ANCHOR_GRID` is
-    scored by the held-out log-loss over a stratified ``n_splits``-fold split
-    of the shots (stage 1 re-run on each training part), and the best is
-    refitted on all shots.  Returns the model and the chosen options.
+    few or noisy, a strong one.  Each candidate of the source family's
+    ``anchor_grid`` (see :func:`anchor_grid`) is scored by the held-out
+    log-loss over a stratified ``n_splits``-fold split of the shots (stage 1
+    re-run on each training part), and the best is refitted on all shots.
+    Returns the model and the chosen options.
     """
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
     source = source if source is not None else model
-    grid = ANCHOR_GRID[getattr(model, "family", "")]
+    grid = anchor_grid(source)
     y_arr = np.asarray(y)
     if np.bincount(y_arr.astype(int)).min() < n_splits:  # too few shots to split
         opts = grid[len(grid) // 2]
@@ -99,3 +123,10 @@ def finetune_auto(model: Any, X: Any, y: Any, *, source: Any = None, random_stat
             losses[i] -= np.mean(yva * np.log(p) + (1 - yva) * np.log(1 - p))
     opts = grid[int(np.argmin(losses))]
     return finetune(model, X, y, source=source, random_state=random_state, **opts), opts
+
+
+# The built-in families' stages (each module registers its own at import).
+import lsm.transfer.lr  # noqa: E402, F401
+import lsm.transfer.mlp  # noqa: E402, F401
+import lsm.transfer.rf  # noqa: E402, F401
+import lsm.transfer.xgb  # noqa: E402, F401

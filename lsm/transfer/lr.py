@@ -28,6 +28,8 @@ import numpy as np
 from scipy.optimize import brentq, minimize
 from scipy.special import expit, log_expit
 
+from lsm.models.lr import LogisticModel
+from lsm.transfer import register_stages
 from lsm.transfer.prior import check_shots
 
 
@@ -116,3 +118,6 @@ def finetune_lr(model: Any, X: Any, y: Any, *, source: Any, random_state: int | 
     out.coef_ = res.x[:-1].reshape(1, -1).copy()
     out.intercept_ = res.x[-1:].copy()
     return out
+
+
+register_stages(LogisticModel, adapt_lr, finetune_lr)

@@ -21,8 +21,8 @@ both stages take a fixed number of full-batch steps, and dropout is off (the
 network stays in eval mode) -- the anchor is the regulariser and the result
 does not depend on a dropout draw.
 
-``torch`` and :mod:`lsm.models.mlp` are imported inside the functions:
-``lsm.models.mlp`` imports this module at its end to register the stages.
+``torch`` is imported inside the functions; the stages are registered for
+:class:`~lsm.models.mlp.MLPModel` at the end of this module.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from lsm.models.mlp import MLPModel
+from lsm.transfer import register_stages
 
 if TYPE_CHECKING:
     import torch
@@ -229,3 +232,6 @@ def finetune_mlp(model: MLPModel, X: Any, y: Any, *, source: MLPModel | None = N
             opt.step()
     net.eval()
     return new
+
+
+register_stages(MLPModel, adapt_mlp, finetune_mlp)

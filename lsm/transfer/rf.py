@@ -35,6 +35,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 
+from lsm.models.rf import RandomForestModel
+from lsm.transfer import register_stages
 from lsm.transfer.prior import check_shots
 
 _EPS = 1e-6
@@ -168,3 +170,6 @@ def _shift_values(tree: Any, delta: float) -> None:
     q = np.clip(p + expit(logit(s) + delta) - s, 0.0, 1.0)
     value[:, 0, 1] = q
     value[:, 0, 0] = 1.0 - q
+
+
+register_stages(RandomForestModel, adapt_rf, finetune_rf)

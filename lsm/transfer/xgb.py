@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from lsm.models.xgb import XGBModel
+from lsm.transfer import register_stages
 from lsm.transfer.prior import check_shots
 
 # Shots are a few hundred rows at most: threads cost more than they save there.
@@ -179,3 +181,6 @@ def _blend_leaves(source: Any, refreshed: Any, blend: float) -> Any:
     booster = xgb.Booster()
     booster.load_model(bytearray(json.dumps(new).encode("utf-8")))
     return booster
+
+
+register_stages(XGBModel, adapt_xgb, finetune_xgb)

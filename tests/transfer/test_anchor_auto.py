@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lsm.models.lr import LogisticModel
-from lsm.transfer import ANCHOR_GRID, adapt, finetune_auto
+from lsm.transfer import adapt, anchor_grid, finetune_auto
 
 
 def _data(rng: np.random.Generator, coef: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -22,7 +22,7 @@ def test_weak_anchor_when_the_target_contradicts_the_source() -> None:
     Xs, ys = _data(rng, -src_coef, 200)  # the target says the opposite
     s1 = adapt(source, Xs, ys)
     model, chosen = finetune_auto(s1, Xs, ys, source=source)
-    assert chosen == ANCHOR_GRID["lr"][-1] or chosen["lam"] <= 1.0
+    assert chosen == anchor_grid(source)[-1] or chosen["lam"] <= 1.0
     assert np.sign(model.coef_.ravel()[0]) == -1  # it followed the target, not the source
 
 
@@ -42,7 +42,18 @@ def test_strong_anchor_when_the_source_is_right() -> None:
 
 
 def test_every_family_has_a_grid() -> None:
-    from lsm.models.base import FAMILY_NAMES
+    from lsm.models.base import FAMILY_NAMES, get_family
 
-    assert set(ANCHOR_GRID) == set(FAMILY_NAMES)
-    assert all(len(g) >= 2 for g in ANCHOR_GRID.values())
+    for fam in FAMILY_NAMES:
+        grid = anchor_grid(get_family(fam)())
+        assert len(grid) >= 2 and all(isinstance(g, dict) for g in grid)
+
+
+def test_a_family_without_a_grid_is_a_clear_error() -> None:
+    import pytest
+
+    class NoGrid(LogisticModel):
+        anchor_grid = ()
+
+    with pytest.raises(ValueError, match="declares no anchor_grid"):
+        anchor_grid(NoGrid())
