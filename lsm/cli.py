@@ -51,6 +51,30 @@ def _command() -> str:
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models).")]
+Scheduler = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786): build stacks, "
+                 "sample and predict on that cluster \\[default: local threads]; same as "
+                 "LSM_SCHEDULER.", envvar="LSM_SCHEDULER", show_envvar=False),
+]
+
+
+def _on_scheduler(command: Any) -> Any:
+    """Give ``command`` a ``--scheduler`` option and run it under that dask scheduler."""
+    import inspect
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, scheduler: str | None = None, **kwargs: Any) -> Any:
+        from lsm.workflows.cluster import dask_scheduler
+
+        with dask_scheduler(scheduler):
+            return command(*args, **kwargs)
+
+    sig = inspect.signature(command, eval_str=True)
+    opt = inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None,
+                            annotation=Scheduler)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), opt])
+    return wrapper
 
 
 def _console(stderr: bool = False) -> Any:
@@ -152,6 +176,7 @@ def regions() -> None:
 
 
 @app.command()
+@_on_scheduler
 def stack(
     region: Annotated[str, typer.Option("--region", "-r", help="Built-in region name or spec "
                                         "YAML path.")],
@@ -179,6 +204,7 @@ def stack(
 
 
 @app.command()
+@_on_scheduler
 def fit(
     source: Annotated[str, typer.Option("--source", "-s", help="Data-rich region: built-in "
                                         "name or spec path; a comma list pools several "
@@ -201,6 +227,10 @@ def fit(
     predict: Annotated[bool, typer.Option(help="Write susceptibility maps (raster "
                                           "regions).")] = True,
     explain: Annotated[bool, typer.Option(help="SHAP explanations.")] = True,
+    params: Annotated[Path | None, typer.Option("--params", help="Hyper-parameters per "
+                                                "family: a YAML file ({xgb: {max_depth: "
+                                                "4}}) or an 'lsm tune' run folder (its "
+                                                "best_params.yaml).")] = None,
     seed: Seed = 0,
     data_dir: DataDir = None,
     quiet: Quiet = False,
@@ -214,12 +244,14 @@ def fit(
     """
     _set_data_dir(data_dir)
     _check_device(device)
+    from lsm.config.params import load_params
     from lsm.workflows.fit import FitConfig, run_fit
     from lsm.workflows.report import print_fit_metrics
 
     cfg = FitConfig(source=source, models=_families(model), out=out, seed=seed,
                     factors=[f.strip() for f in factors.split(",")] if factors else None,
                     norm=norm, device=device, cv=cv, progress=not quiet,
+                    params=load_params(params) if params is not None else {},
                     command=_command())
     metrics = run_fit(cfg)
     print_fit_metrics(metrics, _console())
@@ -245,6 +277,69 @@ def _print_region_cv(metrics: dict[str, Any], console: Any) -> None:
 
 
 @app.command()
+def tune(
+    source: Annotated[str, typer.Option("--source", "-s", help="Data-rich region: built-in "
+                                        "name or spec path.")] = "hongkong",
+    model: Annotated[str, typer.Option("--model", "-m", help="Family to tune: rf, lr, xgb "
+                                       "or mlp.")] = "xgb",
+    trials: Annotated[int, typer.Option(help="Trials to add to the study.", min=1)] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Start no trial after this many "
+                                                  "seconds.", min=1)] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder; tuning again on it resumes "
+                                             "the study \\[default: "
+                                             "runs/tune-<region>-<model>].")] = None,
+    factors: Annotated[str | None, typer.Option(help="Comma list of factors \\[default: as "
+                                                "lsm fit].")] = None,
+    norm: Annotated[str, typer.Option(help="Normalisation, as for lsm fit.")] = "target",
+    device: Annotated[str, typer.Option(help="MLP device: auto, cpu, cuda.")] = "auto",
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Tune one family's hyper-parameters by spatial cross-validation (Optuna).
+
+    Each trial scores a parameter set by its mean held-out log-loss on the
+    source's spatial folds (those lsm fit reports); trials clearly worse than
+    earlier ones after a fold are pruned. The first trial of a new study is the
+    family's defaults. The study is kept in <out>/study.db, so running lsm tune
+    again on the same --out adds trials to it (also after Ctrl-C). The best
+    parameters go to <out>/best_params.yaml; use them with
+    lsm fit --params <out>.
+    """
+    _set_data_dir(data_dir)
+    _check_device(device)
+    from lsm.workflows.tune import TuneConfig, run_tune
+
+    cfg = TuneConfig(source=source, model=model.strip(), trials=trials, timeout=timeout,
+                     out=out,
+                     factors=[f.strip() for f in factors.split(",")] if factors else None,
+                     norm=norm, device=device, seed=seed, progress=not quiet,
+                     command=_command())
+    _print_tune(run_tune(cfg), _console())
+
+
+def _print_tune(s: dict[str, Any], console: Any) -> None:
+    """Default vs best trial of a tune run, and where the parameters went."""
+    from rich.table import Table
+
+    console.print(f"{s['study']}: {s['n_trials']} trials in the study ({s['n_new']} new; "
+                  f"{s['n_complete']} complete, {s['n_pruned']} pruned, {s['n_failed']} "
+                  "failed)")
+    t = Table("trial", "", "AUC", "log-loss", title="spatial cross-validation (mean over folds)")
+    for name in ("default", "best"):
+        r = s.get(name)
+        if r is not None:
+            t.add_row(str(r["number"]), name, f"{r['auc']:.4f}", f"{r['log_loss']:.4f}")
+    console.print(t)
+    if s.get("best") is not None:
+        console.print("best: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                           f"{k}={v}" for k, v in s["best"]["params"].items()))
+        console.print(f"parameters -> {s['best_params']} (lsm fit --params "
+                      f"{Path(s['best_params']).parent})")
+
+
+@app.command()
+@_on_scheduler
 def finetune(
     target: Annotated[str, typer.Option("--target", "-t", help="Data-scarce region: spec path "
                                         "or built-in name.")],
@@ -334,6 +429,7 @@ def _after_training(run_dir: Path, *, predict: bool, explain: bool, quiet: bool)
 
 
 @app.command()
+@_on_scheduler
 def predict(
     run: Annotated[Path, typer.Option("--run", help="A fit or finetune run folder.")],
     region: Annotated[str | None, typer.Option("--region", "-r", help="Raster region to map "
@@ -443,6 +539,7 @@ def demo(
 
 
 @app.command(name="run")
+@_on_scheduler
 def run_pipeline(
     pipeline: Annotated[Path | None, typer.Argument(help="Pipeline YAML (see pipelines/).",
                                                     show_default=False)] = None,

@@ -37,3 +37,7 @@ class ArtifactError(LsmError):
 
 class SamplingError(LsmError):
     """Samples cannot be drawn as asked (too few points, no valid pixels, ...)."""
+
+
+class SchedulerError(LsmError):
+    """The dask scheduler given by ``--scheduler`` / ``LSM_SCHEDULER`` cannot be used."""
