@@ -1,21 +1,36 @@
-"""One interface for the four model families (rf, lr, xgb, mlp).
+"""One interface for the model families (built in: rf, lr, xgb, mlp).
 
-Every family is a scikit-learn classifier on a numeric matrix (the output of
-:func:`lsm.stack.features.design_matrix`), plus:
+A family is one class, a subclass of :class:`LsmClassifier` decorated with
+:func:`register`.  It is a scikit-learn classifier on a numeric matrix (the
+output of :func:`lsm.stack.features.design_matrix`) and declares, as class
+attributes and methods:
 
+- ``family`` (its name), ``label`` / ``short_label`` (figures and reports),
+  ``order`` (where it is listed);
 - ``save(directory)`` / ``load(directory)``: artifacts that load without
   executing code (JSON + ``.npz`` read with ``allow_pickle=False``, XGBoost
-  UBJSON, torch ``state_dict`` read with ``weights_only=True``);
-- the two transfer stages, implemented per family in :mod:`lsm.transfer`
-  and reached through :func:`lsm.transfer.adapt` / :func:`lsm.transfer.finetune`.
+  UBJSON, torch ``state_dict`` read with ``weights_only=True``), with
+  ``meta.json`` and the manifest written by the helpers below;
+- its two transfer stages: ``transfer_adapt`` / ``transfer_finetune`` (generic
+  ones here: Platt recalibration of the source, then a logit blend with the
+  family trained on the shots), or family-specific ones that
+  :mod:`lsm.transfer` registers for the class; ``anchor_grid``, the stage-2
+  options tried by ``--anchor auto``;
+- its SHAP explainer (``shap_explainer``: ``forest``, ``booster``, ``linear``,
+  ``deep`` or ``permutation``, see :mod:`lsm.explain.shap_values`), the units
+  of its values and its background size;
+- its part in the delivered model (``delivered_target``, ``few_shot_params``,
+  ``stage_candidates``; see :mod:`lsm.transfer.select`).
 
-Families register themselves in :data:`FAMILIES` so that workflows never
-branch on the model type.
+:data:`FAMILIES` is the one registry: the CLI choices, the config schemas,
+the reports and the tests derive from it, so workflows never branch on the
+model type.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,21 +40,74 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import read_json, verify_manifest
 
+#: The registry of model families: name -> class (see :func:`register`).
 FAMILIES: dict[str, type[LsmClassifier]] = {}
 #: Every model folder's description of the fitted model (family, params, inputs).
 META = "meta.json"
-FAMILY_NAMES = ("rf", "lr", "xgb", "mlp")
 
 
 def register(cls: type[LsmClassifier]) -> type[LsmClassifier]:
-    FAMILIES[cls.family] = cls
+    """Class decorator: add a family to :data:`FAMILIES` under ``cls.family``."""
+    name = getattr(cls, "family", "")
+    if not name or not name.replace("_", "").isalnum() or name in ("all", "lsm"):
+        raise ValueError(f"{cls.__name__}: family name {name!r} must be a word (letters, "
+                         "digits, _) other than 'all' and 'lsm'")
+    FAMILIES[name] = cls
     return cls
 
 
+def family_names() -> tuple[str, ...]:
+    """Names of the families a user can pick (registered, ``selectable``), in ``order``."""
+    import lsm.models  # noqa: F401  (registers the built-in families)
+
+    chosen = [c for c in FAMILIES.values() if c.selectable]
+    return tuple(c.family for c in sorted(chosen, key=lambda c: c.order))
+
+
+class _FamilyNames(Sequence[str]):
+    """:func:`family_names` as a live, read-only sequence (families added later show up)."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return family_names()[i]
+
+    def __len__(self) -> int:
+        return len(family_names())
+
+    def __repr__(self) -> str:
+        return repr(family_names())
+
+
+#: The selectable family names, e.g. ``("rf", "lr", "xgb", "mlp")`` (a live view).
+FAMILY_NAMES: Sequence[str] = _FamilyNames()
+
+
 class LsmClassifier(ClassifierMixin, BaseEstimator):
-    """Base class: a binary landslide classifier of one family."""
+    """Base class: a binary landslide classifier of one family (see the module docstring)."""
 
     family: ClassVar[str] = ""
+    #: Long and short names in figures and reports (default: the family name).
+    label: ClassVar[str] = ""
+    short_label: ClassVar[str] = ""
+    #: Position in listings (``--model all``, tables); lower first.
+    order: ClassVar[int] = 100
+    #: False for models a user does not pick by name (the delivered model).
+    selectable: ClassVar[bool] = True
+    #: Stage-2 options tried by :func:`lsm.transfer.finetune_auto`, strong anchoring to the
+    #: source first; keyword arguments of the family's stage 2.
+    anchor_grid: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"source_weight": 0.8}, {"source_weight": 0.5}, {"source_weight": 0.2})
+    #: SHAP explainer kind (lsm.explain.shap_values), units of its values, background rows.
+    shap_explainer: ClassVar[str] = "permutation"
+    shap_units: ClassVar[str] = "log-odds"
+    shap_background: ClassVar[int] = 200
+    #: ``decision_function`` returns the log-odds of a landslide (used for logit blends).
+    decision_is_logit: ClassVar[bool] = False
+    #: Trained on the shots alone as a candidate of the delivered model, with these
+    #: parameters changed for tens of rows; ``stage_candidates``: stage-2 options under
+    #: which the family's own stages are candidates too (cheap families only).
+    delivered_target: ClassVar[bool] = False
+    few_shot_params: ClassVar[dict[str, Any]] = {}
+    stage_candidates: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     @abstractmethod
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LsmClassifier:
@@ -63,6 +131,81 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
     def load(cls, directory: Path) -> LsmClassifier:
         """Read a model written by :meth:`save` (never executes code from the files)."""
 
+    # -- generic transfer stages (lsm.transfer registers family-specific ones) -------
+
+    def transfer_adapt(self, X: Any, y: Any, *, random_state: int | None = 0) -> LsmClassifier:
+        """Generic stage 1: Platt recalibration of this (source) model on the shots.
+
+        ``P = sigmoid(a * logit(source(x)) + b)`` with ``a, b`` fitted by maximum
+        likelihood (lightly penalised) on the shots: the source's ranking is
+        kept, its level and spread are re-estimated.  Returns a
+        :class:`~lsm.models.delivered.DeliveredModel` with the source as its one
+        member; ``self`` is not modified.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        from lsm.models.delivered import DeliveredModel, member_logit
+
+        y01 = _binary_labels(self, y)
+        z = member_logit(self, X)
+        lr = LogisticRegression(C=100.0).fit(z[:, None], y01)
+        return DeliveredModel.assemble(
+            strategy=f"stage1({self.family}: recalibrated)", members={"source": self},
+            weights={"source": float(lr.coef_[0, 0])}, intercept=float(lr.intercept_[0]),
+            n_features=int(self.n_features_in_), feature_names=_names(self))
+
+    def transfer_finetune(self, start: Any, X: Any, y: Any, *, random_state: int | None = 0,
+                          source_weight: float = 0.5) -> LsmClassifier:
+        """Generic stage 2: ``start`` blended on the logit scale with this family trained on
+        the shots.
+
+        ``z = source_weight * logit(start) + (1 - source_weight) * logit(new)``,
+        ``new`` a fresh copy of this (source) model's family and parameters fitted
+        on the shots: the anchor to the source is the weight of ``start`` (usually
+        the stage-1 model).  Returns a :class:`~lsm.models.delivered.DeliveredModel`.
+        """
+        from sklearn.base import clone
+
+        from lsm.models.delivered import DeliveredModel
+
+        if not 0.0 <= source_weight <= 1.0:
+            raise ValueError(f"source_weight must be in [0, 1], got {source_weight!r}")
+        _binary_labels(self, y)
+        new = clone(self)
+        if "random_state" in new.get_params():
+            new.set_params(random_state=random_state)
+        new.fit(X, y)
+        if isinstance(start, DeliveredModel) and start.x_coef_ is None \
+                and start.booster_ is None and "target" not in start.members_:
+            members, weights = dict(start.members_), dict(start.weights_)
+            intercept, neutral = start.intercept_, start.neutral_
+        else:
+            members, weights, intercept, neutral = {"start": start}, {"start": 1.0}, 0.0, {}
+        w = float(source_weight)
+        return DeliveredModel.assemble(
+            strategy=f"stage2({self.family}: blend, source_weight={w:g})",
+            members={**members, "target": new},
+            weights={**{k: w * v for k, v in weights.items()}, "target": 1.0 - w},
+            intercept=w * intercept, neutral=neutral,
+            n_features=int(self.n_features_in_), feature_names=_names(self))
+
+
+def _binary_labels(model: Any, y: Any) -> np.ndarray:
+    """0/1 labels of the shots for a fitted binary ``model`` (both classes needed)."""
+    classes = np.asarray(model.classes_)
+    if classes.size != 2:
+        raise ValueError(f"transfer stages need a binary model; classes {classes.tolist()}")
+    y = np.asarray(y).ravel()
+    y01 = (y == classes[1]).astype(int)
+    if y01.min() == y01.max():
+        raise ValueError("the shots must hold both classes (landslide and non-landslide)")
+    return y01
+
+
+def _names(model: Any) -> list[str] | None:
+    names = getattr(model, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
+
 
 def check_weights(sample_weight: Any, X: np.ndarray) -> np.ndarray | None:
     """Validated float64 ``sample_weight`` for ``X`` (None stays None).
@@ -80,7 +223,7 @@ def check_weights(sample_weight: Any, X: np.ndarray) -> np.ndarray | None:
 
 
 def get_family(name: str) -> type[LsmClassifier]:
-    """The estimator class of a family name (``rf``, ``lr``, ``xgb``, ``mlp``)."""
+    """The estimator class of a registered family name (``rf``, ``lr``, ``xgb``, ...)."""
     import lsm.models  # noqa: F401  (registers the families)
 
     try:
@@ -128,6 +271,21 @@ def meta_dict(model: LsmClassifier) -> dict[str, Any]:
         "n_features_in": int(model.n_features_in_),
         "feature_names_in": None if names is None else [str(n) for n in names],
     }
+
+
+def load_model(directory: Path) -> LsmClassifier:
+    """Load the model in ``directory`` with the class of the family its ``meta.json`` names.
+
+    Raises :class:`ArtifactError` when the folder holds no known family.
+    """
+    directory = Path(directory)
+    meta = read_json(directory / META)
+    family = meta.get("family") if isinstance(meta, dict) else None
+    try:
+        cls = get_family(str(family))
+    except ValueError as err:
+        raise ArtifactError(f"{directory / META}: {err}") from None
+    return cls.load(directory)
 
 
 def read_meta(directory: Path, family: str) -> dict[str, Any]:

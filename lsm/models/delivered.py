@@ -88,6 +88,9 @@ class DeliveredModel(LsmClassifier):
     """
 
     family = "delivered"
+    selectable = False
+    #: permutation SHAP: its cost grows with rows x background x factors
+    shap_background = 50
 
     def __init__(self, *, strategy: str = "") -> None:
         self.strategy = strategy

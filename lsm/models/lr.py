@@ -63,6 +63,13 @@ class LogisticModel(LsmClassifier):
     """
 
     family = "lr"
+    label = "logistic regression"
+    short_label = "LogReg"
+    order = 20
+    shap_explainer = "linear"
+    decision_is_logit = True
+    delivered_target = True
+    stage_candidates = ({"lam": 10.0}, {"lam": 1.0})
     #: Stage-2 options (L2-SP strength ``lam``) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1})
 

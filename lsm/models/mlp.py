@@ -176,6 +176,10 @@ class MLPModel(LsmClassifier):
     """
 
     family = "mlp"
+    label = "MLP"
+    short_label = "MLP"
+    order = 40
+    shap_explainer = "deep"
     #: Stage-2 options tried by ``--anchor auto``, strong anchoring first; weak settings
     #: also get the optimisation budget to move away from the source.
     anchor_grid = ({"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},

@@ -73,6 +73,15 @@ class RandomForestModel(LsmClassifier):
     """
 
     family = "rf"
+    label = "random forest"
+    short_label = "RF"
+    order = 10
+    shap_explainer = "forest"
+    shap_units = "probability"
+    #: the interventional forest algorithm costs background rows x explained rows x nodes
+    shap_background = 100
+    delivered_target = True
+    few_shot_params = {"n_estimators": 100}
     #: Stage-2 options (weight of the source trees) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"source_weight": 1500.0}, {"source_weight": 150.0})
 

@@ -67,6 +67,11 @@ class XGBModel(LsmClassifier):
     """
 
     family = "xgb"
+    label = "XGBoost"
+    short_label = "XGBoost"
+    order = 30
+    shap_explainer = "booster"
+    delivered_target = True
     #: Stage-2 options (extra boosting rounds) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"n_rounds": 10}, {"n_rounds": 40},
                    {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3})

@@ -42,7 +42,7 @@ def scheduler_address(address: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def dask_scheduler(address: str | None = None, *,
-                   timeout: float = CONNECT_TIMEOUT) -> Iterator[Any]:
+                   timeout: float | None = None) -> Iterator[Any]:
     """Connect to the dask scheduler at ``address`` (or ``$LSM_SCHEDULER``) for the block.
 
     Yields the :class:`distributed.Client`, or None when no address is set (the
@@ -63,7 +63,7 @@ def dask_scheduler(address: str | None = None, *,
         raise SchedulerError(f"--scheduler {addr}: needs the 'distributed' package "
                              "(pip install distributed)") from None
     try:
-        client = Client(addr, timeout=timeout, set_as_default=True)
+        client = Client(addr, timeout=timeout or CONNECT_TIMEOUT, set_as_default=True)
     except (OSError, TimeoutError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SchedulerError(f"--scheduler {addr}: cannot connect to a dask scheduler "
