@@ -26,9 +26,11 @@ import xarray as xr
 
 from lsm.mapping.zones import ZONE_COLORS, ZONE_NAMES
 
-Kind = Literal["probability", "zones"]
+Kind = Literal["probability", "zones", "uncertainty"]
 
 PROBABILITY_CMAP = "magma_r"
+#: Uncertainty (spread of P): a sequential map scaled to its own 99th percentile.
+UNCERTAINTY_CMAP = "viridis"
 OVERLAY_ALPHA = 0.7
 
 
@@ -49,12 +51,14 @@ def quicklook_png(
     ----------
     data
         2-D probability (``kind="probability"``, values in [0, 1], NaN = no
-        data) or zone raster (``kind="zones"``, 1..5, 0 = no data) with
-        ``x``/``y`` coordinates in map units.
+        data), spread of the probability (``kind="uncertainty"``, >= 0, NaN = no
+        data; colours scaled from 0 to its 99th percentile) or zone raster
+        (``kind="zones"``, 1..5, 0 = no data) with ``x``/``y`` coordinates in map units.
     path
         Target ``.png``; written atomically.
     kind
-        ``"probability"`` (colourbar ``P(landslide)``) or ``"zones"`` (legend).
+        ``"probability"`` (colourbar ``P(landslide)``), ``"uncertainty"`` (colourbar
+        ``std of P(landslide)``) or ``"zones"`` (legend).
     hillshade_from
         Elevation raster on the same area; drawn as a grey hillshade under the map.
     points
@@ -81,8 +85,8 @@ def quicklook_png(
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    if kind not in ("probability", "zones"):
-        raise ValueError(f"kind must be 'probability' or 'zones', got {kind!r}")
+    if kind not in ("probability", "zones", "uncertainty"):
+        raise ValueError(f"kind must be 'probability', 'uncertainty' or 'zones', got {kind!r}")
     data = _as_2d(data)
     ydim, xdim = data.dims
     small = _decimate(data, max_size, categorical=kind == "zones")
@@ -112,6 +116,14 @@ def quicklook_png(
                        extent=extent, origin=origin, interpolation="nearest")
         cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.03)
         cbar.set_label("P(landslide)")
+        cbar.solids.set_alpha(1.0)
+    elif kind == "uncertainty":
+        layer = np.ma.masked_invalid(values.astype(np.float64))
+        top = float(np.percentile(layer.compressed(), 99)) if layer.count() else 1.0
+        im = ax.imshow(layer, cmap=UNCERTAINTY_CMAP, vmin=0.0, vmax=max(top, 1e-6),
+                       alpha=alpha, extent=extent, origin=origin, interpolation="nearest")
+        cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.03)
+        cbar.set_label("std of P(landslide)")
         cbar.solids.set_alpha(1.0)
     else:
         classes = sorted(ZONE_COLORS)

@@ -22,25 +22,20 @@ from lsm.workflows.sources import is_multi_source, run_matrix
 
 def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
                    progress: bool = True, console: Any = None) -> dict[str, Any]:
-    """Write maps (raster regions), evaluation figures, SHAP and ``report.md``."""
+    """Write maps (raster regions) or unit tables (table regions), evaluation figures,
+    SHAP and ``report.md``."""
     run = load_run(run_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
     outputs: dict[str, Any] = {"maps": [], "figures": {}, "explain": {}}
     outputs["figures"] = evaluation_figures(run)
-    from lsm.workflows.predict import _run_spec
-
-    spec = _run_spec(run)
     if predict and is_multi_source(run.meta):
         say(f"{run.region} pools several source regions: no maps (there is no single grid)")
-    elif predict and not spec.is_table:
-        from lsm.workflows.predict import predict_maps
-
-        maps = predict_maps(run, progress=progress)
-        outputs["maps"].append(maps)
-        say(f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
-            "zones GeoTIFF, PNG quick-looks)")
     elif predict:
-        say(f"{spec.name} is a table region: no maps (tables have no grid)")
+        from lsm.workflows.predict import predict_region
+
+        maps = predict_region(run, progress=progress)
+        outputs["maps"].append(maps)
+        say(map_summary(maps))
     if explain:
         outputs["explain"] = explain_run(run)
         say(f"SHAP explanations -> {run.path / 'figures'}/")
@@ -50,6 +45,40 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
     report = write_report(run, outputs)
     say(f"report -> {report}")
     return outputs
+
+
+def map_summary(maps: dict[str, Any]) -> str:
+    """One line naming what a map set (raster or units) wrote."""
+    unc = (f"; uncertainty: std of P over {maps['uncertainty_replicates']} bootstrap refits"
+           if maps.get("uncertainty_replicates") else "")
+    if maps.get("kind") == "units":
+        files = ", ".join(Path(maps[k]).suffix[1:] for k in ("table", "csv", "gpkg")
+                          if k in maps)
+        return (f"unit predictions -> {Path(maps['table']).parent}/ ({maps['family']}: "
+                f"probability and zone per unit, {files}{unc})")
+    return (f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
+            f"zones GeoTIFF, PNG quick-looks{unc})")
+
+
+def source_models(run: Run) -> dict[str, Any] | None:
+    """The source models a fine-tune run started from, on the run's own factors.
+
+    The run's kept re-pretrained source models when it re-pretrained them, else the
+    source run's models (None when neither can be read).
+    """
+    from lsm.workflows.extras import kept_source_models
+
+    kept = kept_source_models(run)
+    if kept is not None:
+        return kept
+    if run.meta["kind"] != "finetune" or not run.meta.get("source_run"):
+        return None
+    try:
+        return load_run(Path(run.meta["source_run"])).models
+    except Exception as err:  # the source run may have been moved
+        warnings.warn(f"source run {run.meta['source_run']} not readable ({err}); "
+                      "no importance comparison", UserWarning, stacklevel=2)
+        return None
 
 
 def _table_and_matrix(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -72,6 +101,20 @@ def evaluation_figures(run: Run) -> dict[str, str]:
         p = fig.plot_arms(metrics, figdir / "arms.png",
                           f"{metrics['source_region']} -> {metrics['target']}, {what}")
         out["arms"] = str(p)
+        from lsm.workflows.extras import checked_file
+
+        path = checked_file(run, "test_predictions")
+        if path is not None:
+            preds = pd.read_parquet(path)
+            y = preds.pop("label").to_numpy()
+            curves = {c: (y, preds[c].to_numpy()) for c in preds.columns
+                      if np.isfinite(preds[c]).all()}
+            where = "nested CV" if metrics.get("mode") == "production" else "target test set"
+            out["roc"] = str(fig.plot_roc(curves, figdir / "roc.png",
+                                          f"{run.region}: ROC on the {where}"))
+            out["reliability"] = str(fig.plot_reliability(
+                curves, figdir / "reliability.png", f"{run.region}: calibration on the {where}"))
+            out["test_predictions"] = run.meta["test_predictions"]["what"]
         return out
     table = run.training_table()
     y = table["label"].to_numpy()
@@ -96,13 +139,8 @@ def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0) -> dict[str, A
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(X), size=min(n_explain, len(X)), replace=False)
     Xe = X.iloc[idx]
-    source = None
-    if run.meta["kind"] == "finetune" and run.meta.get("source_run"):
-        try:
-            source = load_run(Path(run.meta["source_run"]))
-        except Exception as err:  # the source run may have been moved
-            warnings.warn(f"source run {run.meta['source_run']} not readable ({err}); "
-                          "no importance comparison", UserWarning, stacklevel=2)
+    sources = source_models(run) if run.meta["kind"] == "finetune" else None
+    src_region = str(run.meta.get("chain", ["source"])[-2:][0])
     out: dict[str, Any] = {}
     for fam, model in run.models.items():
         res = explain_model(model, X, Xe, seed=seed)
@@ -112,14 +150,14 @@ def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0) -> dict[str, A
                                                 f"{run.region}: factor importance ({fam})")),
                  "beeswarm": str(plot_beeswarm(res, figdir / f"shap_beeswarm_{fam}.png",
                                                f"{run.region}: SHAP values ({fam})"))}
-        if source is not None and fam in source.models:
-            src_model = source.models[fam]
+        if sources is not None and fam in sources:
+            src_model = sources[fam]
             if list(getattr(src_model, "feature_names_in_", [])) == list(X.columns):
                 src_imp = factor_importance(explain_model(src_model, X, Xe, seed=seed))
                 entry["source_importance"] = {k: float(v) for k, v in src_imp.items()}
                 entry["shift"] = str(plot_importance_shift(
                     src_imp, imp, figdir / f"shap_shift_{fam}.png",
-                    f"{fam}: what the transfer changed ({source.region} -> {run.region})"))
+                    f"{fam}: what the transfer changed ({src_region} -> {run.region})"))
         out[fam] = entry
     write_json(run.path / "shap.json", out)
     return out

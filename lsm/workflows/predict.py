@@ -53,9 +53,12 @@ def make_predict_fn(run: Run, family: str, spec: RegionSpec, region_stats: dict[
 
 def predict_maps(run: Run, *, region: str | None = None, family: str | None = None,
                  out: Path | None = None, thresholds: list[float] | None = None,
-                 prevalence: float | None = None, progress: bool = True) -> dict[str, Any]:
+                 prevalence: float | None = None, uncertainty: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Write probability COG, zones GeoTIFF, quick-looks and zone statistics.
 
+    ``uncertainty``: bootstrap refits behind the uncertainty COG written beside the
+    probabilities (0: none; None: :func:`lsm.workflows.uncertainty.default_replicates`).
     Returns a dict with the written paths and the zone table.
     """
     from lsm.io.raster_write import write_probability_cog, write_zones_geotiff
@@ -109,8 +112,10 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                           hillshade_from=elev, points=pts,
                           title=f"{spec.name}: susceptibility zones, {family}")
     rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png")
+    unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
+                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
     result = {
-        **rates,
+        **rates, **unc,
         "region": spec.name, "family": family, "probability": str(prob_path),
         "zones": str(zones_path), "probability_png": str(png_p), "zones_png": str(png_z),
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
@@ -193,3 +198,213 @@ def _best_family(run: Run) -> str:
     if scores:
         return max(scores, key=scores.get)  # type: ignore[arg-type]
     return "xgb" if "xgb" in run.models else next(iter(run.models))
+
+
+def predict_region(run: Run, *, region: str | None = None, family: str | None = None,
+                   out: Path | None = None, thresholds: list[float] | None = None,
+                   prevalence: float | None = None, uncertainty: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Maps of a raster region (:func:`predict_maps`) or unit tables of a table region
+    (:func:`predict_units`), whichever ``region`` (default: the run's) is.
+
+    ``uncertainty`` is the number of bootstrap refits of the mapped model whose spread
+    is written beside the probabilities (0: none; None: the default of
+    :func:`lsm.workflows.uncertainty.default_replicates`).
+    """
+    spec = load_region(region) if region else _run_spec(run)
+    kw = dict(family=family, out=out, thresholds=thresholds, prevalence=prevalence,
+              uncertainty=uncertainty, progress=progress)
+    if spec.is_table:
+        return predict_units(run, spec=spec, **kw)
+    return predict_maps(run, region=region, **kw)
+
+
+def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
+                     stats: dict[str, Any], path: Path, *, replicates: int | None,
+                     prevalence: float | None, elev: Any, points: Any) -> dict[str, Any]:
+    """The uncertainty COG (+ quick-look) of a raster map, or {} when it is off."""
+    from lsm.io.raster_write import write_value_cog
+    from lsm.mapping.predict import predict_raster
+    from lsm.mapping.quicklook import quicklook_png
+    from lsm.workflows.uncertainty import DESCRIPTION, resolve_replicates, spread_fn
+
+    n = resolve_replicates(run, family, replicates)
+    if not n:
+        return {}
+    fn = spread_fn(run, family, spec, stats, replicates=n, prevalence=prevalence,
+                   seed=int(run.meta.get("seed", 0)))
+    da = predict_raster(data.stack, fn, factors=run.schema.factors, value_range=None,
+                        name="uncertainty")
+    what = DESCRIPTION.format(b=n, family=family)
+    write_value_cog(da, path, description=what, units="probability",
+                    tags={"QUANTITY": what, "MODEL": family, "REPLICATES": str(n),
+                          "UNITS": "probability"})
+    import rioxarray
+
+    disk = rioxarray.open_rasterio(path, masked=True, chunks={"band": 1, "y": 1024,
+                                                              "x": 1024}).squeeze("band",
+                                                                                  drop=True)
+    png = quicklook_png(disk, path.with_suffix(".png"), kind="uncertainty",
+                        hillshade_from=elev, points=points,
+                        title=f"{spec.name}: uncertainty, {family} ({n} bootstrap refits)")
+    vals = np.asarray(disk[::4, ::4].values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return {"uncertainty": str(path), "uncertainty_png": str(png), "uncertainty_replicates": n,
+            "uncertainty_median": float(np.median(vals)) if vals.size else None,
+            "uncertainty_p95": float(np.percentile(vals, 95)) if vals.size else None,
+            "uncertainty_what": what}
+
+
+#: Columns of the per-unit table besides the factors' identity.
+UNIT_COLUMNS = ("unit", "x", "y", "label", "probability", "zone", "zone_name")
+
+
+def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | None = None,
+                  family: str | None = None, out: Path | None = None,
+                  thresholds: list[float] | None = None, prevalence: float | None = None,
+                  uncertainty: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Per-unit probabilities and zones of a table region (slope units, points).
+
+    Writes ``<region>_<family>_units.parquet`` and ``.csv`` (one row per row of the
+    region's samples table: ``unit`` = its row number, ``x``/``y`` where the spec has
+    coordinates, ``label``, ``probability``, ``zone`` 1..5 and ``zone_name``) and, when
+    the units have coordinates or the samples file has geometry,
+    ``<region>_<family>_units.gpkg``.  Zones use the raster maps' classing
+    (:func:`lsm.mapping.zones.classify_zones`: quantiles 20/40/60/80 % of the units
+    by default); the zone table counts units instead of pixels (``area_share`` is
+    the share of units).  With an uncertainty layer (see :func:`predict_maps`) the
+    tables gain a column ``uncertainty`` (std of P across the bootstrap refits).
+    """
+    import rioxarray  # noqa: F401  (registers .rio, which classify_zones reads)
+    import xarray as xr
+
+    from lsm.mapping.zones import ZONE_NAMES, classify_zones
+    from lsm.workflows.region import load_region_data
+
+    spec = spec or (load_region(region) if region else _run_spec(run))
+    if not spec.is_table:
+        raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a raster region; "
+                        "use predict_maps")
+    family = family or _best_family(run)
+    if family not in run.models:
+        raise FactorMismatchError(f"run {run.path} has no model {family!r} "
+                                  f"(it has {', '.join(run.models)})")
+    missing = [f for f in run.schema.factors if f not in spec.factor_names]
+    if missing:
+        raise FactorMismatchError(f"{spec.source_file or spec.name}: region lacks factor(s) "
+                                  f"{missing} that the model was trained on")
+    data = load_region_data(spec, progress=progress, factors=run.schema.factors)
+    stats = region_stats_for(run, spec, data.stats)
+    fn = make_predict_fn(run, family, spec, stats, prevalence=prevalence)
+    table = data.table
+    p = np.asarray(fn(table), dtype=np.float64)
+    zones, cuts = classify_zones(xr.DataArray(p, dims="unit"), thresholds=thresholds)
+    z = np.asarray(zones.values, dtype=np.uint8)
+    units = pd.DataFrame({"unit": np.arange(len(table), dtype=np.int64)})
+    for c in ("x", "y"):
+        if c in table:
+            units[c] = table[c].to_numpy()
+    units["label"] = table["label"].to_numpy()
+    units["probability"] = p
+    units["zone"] = z
+    units["zone_name"] = [ZONE_NAMES.get(int(k), "no data") for k in z]
+    from lsm.workflows.uncertainty import DESCRIPTION, resolve_replicates, spread_fn
+
+    n_rep = resolve_replicates(run, family, uncertainty)
+    unc: dict[str, Any] = {}
+    if n_rep:
+        units["uncertainty"] = spread_fn(run, family, spec, stats, replicates=n_rep,
+                                         prevalence=prevalence,
+                                         seed=int(run.meta.get("seed", 0)))(table)
+        u = units["uncertainty"].to_numpy()
+        unc = {"uncertainty_replicates": n_rep, "uncertainty_median": float(np.median(u)),
+               "uncertainty_p95": float(np.percentile(u, 95)),
+               "uncertainty_what": DESCRIPTION.format(b=n_rep, family=family)}
+    out = Path(out or run.path / "maps")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec.name}_{family}"
+    paths = write_units(units, out / f"{stem}_units", crs=_table_crs(spec),
+                        geometry=_unit_geometry(spec, len(units)))
+    zstats = unit_zone_statistics(z, units["label"].to_numpy() == 1)
+    result = {
+        "region": spec.name, "family": family, "kind": "units", **paths,
+        "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
+        "quantile", "zone_statistics": zstats.to_dict(orient="records"),
+        "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
+        "n_units": int(len(units)), **unc,
+    }
+    write_json(out / f"{stem}_zones.json", result)
+    return result
+
+
+def unit_zone_statistics(zones: np.ndarray, landslide: np.ndarray) -> pd.DataFrame:
+    """The frequency-ratio table of :func:`lsm.mapping.zones.zone_statistics` over units.
+
+    ``area_share`` is the share of units in each zone (units count the same).
+    """
+    from lsm.mapping.zones import N_ZONES, ZONE_NAMES
+
+    ks = range(1, N_ZONES + 1)
+    n = np.array([(zones == k).sum() for k in ks], dtype=np.int64)
+    n_ls = np.array([((zones == k) & landslide).sum() for k in ks], dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = n / n.sum() if n.sum() else np.full(N_ZONES, np.nan)
+        share = n_ls / n_ls.sum() if n_ls.sum() else np.full(N_ZONES, np.nan)
+        ratio = np.where(n > 0, share / area, np.nan)
+    return pd.DataFrame({"name": [ZONE_NAMES[k] for k in ks], "n_units": n, "area_share": area,
+                         "n_landslides": n_ls, "landslide_share": share,
+                         "density_ratio": ratio}, index=pd.Index(list(ks), name="zone"))
+
+
+def write_units(units: pd.DataFrame, stem: Path, *, crs: Any = None,
+                geometry: Any = None) -> dict[str, str]:
+    """Write a unit table as ``<stem>.parquet`` and ``.csv``, and ``.gpkg`` when the units
+    have a ``geometry`` (a GeoSeries, one per row) or ``x``/``y`` columns.
+
+    Every file goes through a temp file and a rename: never half-written.
+    """
+    from lsm.io.artifacts import atomic_path
+
+    stem = Path(stem)
+    out: dict[str, str] = {}
+    with atomic_path(stem.with_suffix(".parquet"), suffix=".parquet") as tmp:
+        units.to_parquet(tmp, index=False)
+    out["table"] = str(stem.with_suffix(".parquet"))
+    with atomic_path(stem.with_suffix(".csv"), suffix=".csv") as tmp:
+        units.to_csv(tmp, index=False)
+    out["csv"] = str(stem.with_suffix(".csv"))
+    has_xy = {"x", "y"} <= set(units.columns) and units[["x", "y"]].notna().all().all()
+    if geometry is None and not has_xy:
+        return out
+    import geopandas as gpd
+
+    geom = geometry if geometry is not None else gpd.points_from_xy(units["x"], units["y"])
+    gdf = gpd.GeoDataFrame(units, geometry=geom, crs=crs)
+    with atomic_path(stem.with_suffix(".gpkg"), suffix=".gpkg") as tmp:
+        tmp.unlink()  # GDAL will not overwrite the empty temp file as a GeoPackage
+        gdf.to_file(tmp, driver="GPKG", layer=stem.name, engine="pyogrio")
+    out["gpkg"] = str(stem.with_suffix(".gpkg"))
+    return out
+
+
+def _table_crs(spec: RegionSpec) -> Any:
+    return spec.samples.crs if spec.samples is not None else None
+
+
+def _unit_geometry(spec: RegionSpec, n: int) -> Any:
+    """The geometry column of a vector samples file (slope-unit polygons), or None."""
+    from lsm.io.readers import VECTOR_EXT, read_table
+
+    s = spec.samples
+    if s is None:
+        return None
+    name = s.path.path or s.path.name or s.path.cache_name
+    if Path(name).suffix.lower() not in VECTOR_EXT:
+        return None
+    from lsm.io.fetch import resolve_file
+
+    path = resolve_file(s.path, base_dir=spec.base_dir, where=spec.where("samples.path"),
+                        progress=False)
+    raw = read_table(path, layer=s.layer, where=spec.where("samples.path"))
+    geom = getattr(raw, "geometry", None)
+    return geom.reset_index(drop=True) if geom is not None and len(geom) == n else None

@@ -156,20 +156,41 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
             L.append(f"![{title}]({_rel(figs[key], base)})")
             L.append("")
     for maps in outputs.get("maps", []):
-        L.append(f"## Susceptibility map ({maps['family']})")
-        L.append("")
-        L.append(f"- Probability (Cloud-Optimized GeoTIFF): `{_rel(maps['probability'], base)}`")
-        L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
-                 f"`{_rel(maps['zones'], base)}`; thresholds "
-                 f"{', '.join(f'{t:.3f}' for t in maps['thresholds'])} ({maps['zone_method']}).")
+        units = maps.get("kind") == "units"
+        thresholds = (f"thresholds {', '.join(f'{t:.3f}' for t in maps['thresholds'])} "
+                      f"({maps['zone_method']})")
+        if units:
+            L.append(f"## Susceptibility per unit ({maps['family']})")
+            L.append("")
+            L.append(f"- {maps['n_units']} units: probability and zone per unit in "
+                     + ", ".join(f"`{_rel(maps[k], base)}`" for k in ("table", "csv", "gpkg")
+                                 if k in maps) + f"; zone {thresholds}.")
+        else:
+            L.append(f"## Susceptibility map ({maps['family']})")
+            L.append("")
+            L.append(f"- Probability (Cloud-Optimized GeoTIFF): "
+                     f"`{_rel(maps['probability'], base)}`")
+            L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
+                     f"`{_rel(maps['zones'], base)}`; {thresholds}.")
         if maps.get("prevalence"):
             L.append(f"- Probabilities corrected to a landslide prevalence of "
                      f"{maps['prevalence']:.3%}.")
+        if maps.get("uncertainty_replicates"):
+            where = ("column `uncertainty`" if units else
+                     f"`{_rel(maps['uncertainty'], base)}` (COG)")
+            L.append(f"- Uncertainty: {maps['uncertainty_what']}, in {where}; median "
+                     f"{maps['uncertainty_median']:.3f}, 95th percentile "
+                     f"{maps['uncertainty_p95']:.3f}. It is the sampling spread of the fit "
+                     "given its training rows, not the error of the map.")
         L.append("")
-        L.append(f"![probability]({_rel(maps['probability_png'], base)})")
-        L.append(f"![zones]({_rel(maps['zones_png'], base)})")
-        L.append("")
-        L.append("| zone | area share | landslides | landslide share | density ratio |")
+        if not units:
+            L.append(f"![probability]({_rel(maps['probability_png'], base)})")
+            L.append(f"![zones]({_rel(maps['zones_png'], base)})")
+            if maps.get("uncertainty_png"):
+                L.append(f"![uncertainty]({_rel(maps['uncertainty_png'], base)})")
+            L.append("")
+        L.append(f"| zone | {'unit' if units else 'area'} share | landslides | landslide share "
+                 "| density ratio |")
         L.append("|---|---|---|---|---|")
         for z in maps["zone_statistics"]:
             L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
