@@ -118,6 +118,12 @@ def load_params(path: str | Path) -> dict[str, dict[str, Any]]:
     return validate_params(load_yaml(p), source=str(p))
 
 
+def hyper_params(model: Any) -> dict[str, Any]:
+    """A fitted or unfitted estimator's constructor parameters, less ``random_state`` and
+    ``device`` (what re-training it elsewhere with another seed or device keeps)."""
+    return {k: v for k, v in model.get_params().items() if k not in RESERVED}
+
+
 def dump_params(params: dict[str, dict[str, Any]]) -> str:
     """YAML text of a ``{family: {param: value}}`` mapping (tuples as lists)."""
     import yaml

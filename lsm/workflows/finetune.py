@@ -567,6 +567,7 @@ def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str,
     in the same normalised design space; their effective sample size goes to
     ``notes``.
     """
+    from lsm.config.params import hyper_params
     from lsm.transfer.reweight import effective_sample_size, importance_weights
     from lsm.workflows.sources import run_matrix, run_weights, unlabelled_rows
 
@@ -595,6 +596,9 @@ def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str,
     with progress_bar("re-pretraining source on shared factors", len(families),
                       enabled=progress) as bar:
         for fam in families:
-            out[fam] = make_model(fam, seed=seed, device=device).fit(X, y, sample_weight=w)
+            # the source's own hyper-parameters (tuned ones with 'lsm fit --params')
+            params = hyper_params(run.models[fam]) if fam in run.models else None
+            out[fam] = make_model(fam, seed=seed, device=device, params=params).fit(
+                X, y, sample_weight=w)
             bar.advance()
     return out
