@@ -40,9 +40,10 @@ Top level:
         the B run; compared with C fine-tuned directly from A (same shots,
         repeats and seed, so the same test set).
 
-    Every study also takes ``id`` (default: its kind), ``models``,
-    ``repeats``, ``norms``, ``seed``, ``test_fraction``, ``prevalence``,
-    ``cv`` (spatial cross-validation of the source fits) and ``device``.
+    Every study also takes ``id`` (default: its kind), ``models``, ``norms``,
+    ``seed``, ``cv`` (spatial cross-validation of the source fits), ``device``
+    and every fine-tune option of :class:`lsm.config.run.FinetuneOptions`
+    (``repeats``, ``test_fraction``, ``prevalence``, ``anchor``, ``reweight``).
 
 Regions are built-in names (``hongkong``, ``demo-source``, ...), names from
 ``regions``, or spec files (``.yaml``) relative to the pipeline file.
@@ -63,11 +64,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lsm.config.run import DeviceOption, FamilyName, FinetuneOptions, Norm, default_families
 from lsm.config.spec import builtin_regions, format_validation_error, load_yaml
 from lsm.errors import SpecError
 
-Family = Literal["rf", "lr", "xgb", "mlp"]
-Norm = Literal["target", "source", "quantile", "none"]
+Family = FamilyName  # a registered model family (lsm.config.run)
 STUDY_KINDS = ("shots", "source_scale", "progressive")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -93,22 +94,18 @@ class DerivedRegion(_Model):
     seed: int | None = Field(None, description="Block order seed; default the pipeline's.")
 
 
-class _Study(_Model):
+class _Study(FinetuneOptions, DeviceOption):
+    """Options every study takes; its fine-tunes get every :class:`FinetuneOptions` field."""
+
     id: str | None = Field(None, pattern=_NAME, description="Study name in results; default "
                            "its kind.")
-    models: list[Family] = Field(default_factory=lambda: ["rf", "lr", "xgb", "mlp"],
-                                 min_length=1, description="Model families.")
-    repeats: int = Field(10, ge=1, le=1000, description="Shot draws per fine-tune.")
+    models: list[Family] = Field(default_factory=default_families, min_length=1,
+                                 description="Model families.")
     norms: list[Norm] = Field(default_factory=lambda: ["target"], min_length=1,
                               description="Factor normalisations; each gets its own fit.")
     seed: int | None = Field(None, description="Seed; default the pipeline's.")
-    test_fraction: float = Field(0.3, gt=0.05, lt=0.9,
-                                 description="Share of each target held out for testing.")
-    prevalence: float | None = Field(None, gt=0, lt=1,
-                                     description="Expected landslide share in the targets.")
     cv: bool = Field(False, description="Spatial cross-validation of the source fits "
                      "(rows with arm 'source_cv').")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="MLP device.")
 
     @field_validator("models", "norms")
     @classmethod

@@ -27,12 +27,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
+from lsm.config.run import FinetuneConfig
 from lsm.config.spec import dump_region, load_region, parse_region
 from lsm.errors import ArtifactError, FactorMismatchError, SamplingError
 from lsm.evaluate.metrics import binary_metrics, paired_difference, summarize
@@ -64,40 +64,6 @@ DELIVERED_HOW = (
     "hold-out never enters the choice. Baselines in row 'lsm': source_only = the source "
     "family that ranks the shots best; target_only = the family with the lowest "
     "cross-validated log-loss on the shots.")
-
-
-class FinetuneConfig(BaseModel):
-    """Options of ``lsm finetune``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: str = Field(description="Built-in region name or path to a region spec.")
-    source_run: Path = Field(Path("runs/hongkong"), description="A fit or finetune run folder.")
-    shots: Annotated[int, Field(ge=1, le=100_000)] | Literal["all"] = Field(
-        50, description="Landslides (and as many non-landslides) per repeat; 'all' trains the "
-        "delivered model on every labelled point and estimates its skill by cross-validation.")
-    repeats: int = Field(10, ge=1, le=1000)
-    models: list[Literal["rf", "lr", "xgb", "mlp"]] | None = None
-    seed: int = 0
-    out: Path | None = None
-    norm: Literal["target", "source", "quantile", "none"] | None = Field(
-        None, description="Default: the source run's normalisation.")
-    prevalence: float | None = Field(None, gt=0, lt=1,
-                                     description="Expected landslide share in the target.")
-    test_fraction: float = Field(0.3, gt=0.05, lt=0.9)
-    anchor: Literal["auto", "fixed"] = Field(
-        "auto", description="Stage-2 anchoring strength: chosen by cross-validation on the "
-        "shots (auto) or each family's fixed default.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    deliver: bool = Field(True, description="Fit the delivered map model on all labelled "
-                          "points outside the hold-out (study mode).")
-    cv_folds: int = Field(5, ge=2, le=20, description="Folds of the skill estimate of "
-                          "--shots all.")
-    reweight: bool = Field(False, description="Re-train the source models with importance "
-                           "weights p(target|x)/p(source|x) from a domain classifier between "
-                           "the source rows and unlabelled target rows (fit runs only).")
-    progress: bool = True
-    command: str | None = Field(None, description="Command line that reproduces the run.")
 
 
 def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:

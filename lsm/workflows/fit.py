@@ -8,54 +8,19 @@ counts the same; see :mod:`lsm.workflows.sources`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lsm.config.run import FitConfig
 from lsm.config.spec import dump_region, load_region
-from lsm.errors import LsmError
 from lsm.io.artifacts import write_json
-from lsm.models.base import FAMILY_NAMES, get_family
+from lsm.models.base import get_family
 from lsm.stack.features import FeatureSchema, design_matrix
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
 from lsm.workflows.runs import save_models, write_run_meta
-
-
-class FitConfig(BaseModel):
-    """Options of ``lsm fit``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str | list[str] = Field(
-        description="Built-in region name or path to a region spec; several (a list or a "
-        "comma list) pretrain on their pooled rows, each region normalised with its own "
-        "statistics and weighted to count the same.")
-    models: list[Literal["rf", "lr", "xgb", "mlp"]] = Field(
-        default_factory=lambda: list(FAMILY_NAMES), min_length=1)
-    out: Path | None = Field(None, description="Run folder; default runs/<region>.")
-    seed: int = 0
-    factors: list[str] | None = Field(None, description="Factor subset; default all that transfer.")
-    norm: Literal["target", "source", "quantile", "none"] = "target"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    cv: bool = Field(True, description="Run spatial cross-validation before the final fit.")
-    params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Hyper-parameters per family ({family: {name: "
-        "value}}, see lsm.config.params); families not named keep their defaults.")
-    progress: bool = True
-    command: str | None = Field(None, description="Command line that reproduces the run.")
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _check_params(cls, v: Any) -> Any:
-        from lsm.config.params import validate_params
-
-        try:
-            return validate_params(v, source="params")
-        except LsmError as err:  # pydantic reports ValueError as a validation error
-            raise ValueError(str(err).removeprefix("params: ")) from None
 
 
 def model_params(family: str, *, seed: int, device: str = "auto",

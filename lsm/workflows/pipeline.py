@@ -61,11 +61,12 @@ from lsm.config.pipeline import (
     dump_pipeline,
     resolve_region_ref,
 )
+from lsm.config.run import FinetuneConfig, FinetuneOptions, FitConfig
 from lsm.config.spec import dump_region, load_region
 from lsm.errors import LsmError, SamplingError
 from lsm.io.artifacts import atomic_path, read_json, sha256_file, write_json
-from lsm.workflows.finetune import FinetuneConfig, run_finetune
-from lsm.workflows.fit import FitConfig, run_fit
+from lsm.workflows.finetune import run_finetune
+from lsm.workflows.fit import run_fit
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.runs import now_iso, package_versions
 
@@ -158,10 +159,9 @@ class Plan:
     def finetune(self, ref: str, parent: str, chain: list[str], study: Any, norm: str,
                  shots: int) -> str:
         tgt, up = self.region(ref)
-        config = {"target": self.display(ref), "shots": shots, "repeats": study.repeats,
-                  "models": list(study.models), "norm": norm, "seed": self.cfg.study_seed(study),
-                  "prevalence": study.prevalence, "test_fraction": study.test_fraction,
-                  "device": study.device}
+        config = {"target": self.display(ref), "shots": shots, "models": list(study.models),
+                  "norm": norm, "seed": self.cfg.study_seed(study),
+                  **study.finetune_options()}
         route = "-to-".join(chain)
         return self.add("finetune", f"ft-{route}-k{shots}-{norm}", config, {"target": tgt},
                         [parent] + up, f"fine-tune {' -> '.join(chain)}, K={shots} ({norm})")
@@ -552,12 +552,11 @@ class _Runner:
                                   command=self.command))
             return {"n": m["n"], "n_landslides": m["n_landslides"]}
         parent = self.state[step.upstream[0]].dir
+        options = {k: c[k] for k in (*FinetuneOptions.model_fields, "device") if k in c}
         m = run_finetune(FinetuneConfig(
             target=self.spec_source(step.regions["target"]), source_run=parent,
-            shots=c["shots"], repeats=c["repeats"], models=c["models"], seed=c["seed"],
-            out=d, norm=c["norm"], prevalence=c["prevalence"],
-            test_fraction=c["test_fraction"], device=c["device"], progress=False,
-            deliver=False, command=self.command))
+            shots=c["shots"], models=c["models"], seed=c["seed"], out=d, norm=c["norm"],
+            progress=False, deliver=False, command=self.command, **options))
         return {"test_size": m["test_size"], "pool_size": m["pool_size"],
                 "source_retrained": m["source_retrained"]}
 
