@@ -1,0 +1,701 @@
+"""The Python API of ``lsm``: what the command line does, from a notebook.
+
+Every ``lsm`` command is a thin layer over these functions::
+
+    import lsm
+
+    src = lsm.fit("hongkong", models="lr,xgb")                 # lsm fit
+    ft = lsm.finetune("jiangxi-yushan", src, shots=25)          # lsm finetune
+    p = ft.predict(my_dataframe)                                # score a table
+    m = ft.predict_map("ecuador", out="maps/")                  # lsm predict
+    ft.metrics["models"]["lsm"]["delivered"]["auc"]["mean"]
+
+Runs are folders (``runs/<region>`` by default) that :class:`Run` reads back
+with :meth:`Run.load`; nothing here unpickles anything.  Heavy libraries
+(torch, xgboost, shap) are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lsm.workflows.runs import Run as _RunFolder
+
+__all__ = ["Explanation", "MapResult", "Run", "explain", "finetune", "fit", "load_region",
+           "load_run", "predict", "run_pipeline"]
+
+
+def _families(models: str | Sequence[str] | None) -> list[str] | None:
+    """``"all"``, ``"rf,xgb"`` or a list -> validated family names (None stays None)."""
+    if models is None:
+        return None
+    from lsm.models.base import parse_families
+
+    return parse_families(models if isinstance(models, str) else ",".join(models))
+
+
+def _read_data(data: Any) -> pd.DataFrame:
+    """A DataFrame from a DataFrame, a pyarrow/polars table or a table file path."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, Path)):
+        from lsm.io.readers import read_table
+
+        return read_table(Path(data))
+    if hasattr(data, "to_pandas"):
+        return data.to_pandas()
+    raise TypeError(f"cannot score a {type(data).__name__}: give a pandas DataFrame, a "
+                    "pyarrow table or the path of a CSV / Parquet / vector file")
+
+
+@dataclass
+class MapResult:
+    """What :func:`predict` (or :meth:`Run.predict_map`) wrote for one region.
+
+    Attributes
+    ----------
+    region, model : str
+        The region mapped and the model that mapped it.
+    files : dict of str to pathlib.Path
+        Written files by role: ``probability`` (COG), ``zones`` (GeoTIFF),
+        ``uncertainty`` (COG), their ``*_png`` quick-looks, ``rates`` for a raster
+        region; ``table`` (Parquet), ``csv`` and ``gpkg`` for a table region.
+    thresholds : list of float
+        The four zone thresholds.
+    zone_statistics : pandas.DataFrame
+        Area (or unit) share, landslides and density ratio per zone.
+    report : pathlib.Path or None
+        The run's report, rewritten when the maps went into the run folder.
+    details : dict
+        Everything the workflow returned (rate-curve AUCs, uncertainty summary, ...).
+    """
+
+    region: str
+    model: str
+    files: dict[str, Path]
+    thresholds: list[float]
+    zone_statistics: pd.DataFrame
+    report: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def _from_dict(cls, res: dict[str, Any], report: Path | None = None) -> MapResult:
+        keys = ("probability", "zones", "probability_png", "zones_png", "rates", "uncertainty",
+                "uncertainty_png", "table", "csv", "gpkg")
+        return cls(region=res["region"], model=res["family"],
+                   files={k: Path(res[k]) for k in keys if res.get(k)},
+                   thresholds=list(res["thresholds"]),
+                   zone_statistics=pd.DataFrame(res["zone_statistics"]),
+                   report=report, details=res)
+
+    def units(self) -> pd.DataFrame:
+        """The per-unit table of a table region (probability, zone, uncertainty)."""
+        if "table" not in self.files:
+            raise ValueError(f"{self.region} is a raster region: open files['probability']")
+        return pd.read_parquet(self.files["table"])
+
+
+@dataclass
+class Explanation:
+    """SHAP explanations of a run's models (what :func:`explain` returns).
+
+    Attributes
+    ----------
+    importance : dict of str to pandas.Series
+        Mean absolute SHAP value per factor, by family, largest first.
+    source_importance : dict of str to pandas.Series
+        The same for the source models of a fine-tune run (what the transfer changed).
+    figures : dict of str to dict of str to pathlib.Path
+        Per family: ``bar``, ``beeswarm`` and (fine-tune runs) ``shift`` PNGs.
+    shap_maps : list of pathlib.Path
+        Per-pixel SHAP COGs, when asked for.
+    """
+
+    importance: dict[str, pd.Series]
+    source_importance: dict[str, pd.Series]
+    figures: dict[str, dict[str, Path]]
+    shap_maps: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Run(_RunFolder):
+    """A fit or fine-tune run folder, loaded: models, metrics, schema, normalisation.
+
+    Create one with :meth:`Run.load` (or :func:`load_run`), or get one from
+    :func:`fit` and :func:`finetune`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The run folder.
+    meta : dict
+        ``model.json``: schema, normalisation statistics, chain of regions, checksums.
+    models : dict of str to estimator
+        Fitted models by family (``"delivered"`` is a fine-tune's delivered model);
+        each takes the design matrix of :attr:`schema`.
+
+    Example
+    -------
+    >>> run = lsm.Run.load("runs/hongkong")                     # doctest: +SKIP
+    >>> run.metrics["cv"]["xgb"]["summary"]["auc"]["mean"]       # doctest: +SKIP
+    >>> run.predict(table)                                       # doctest: +SKIP
+    """
+
+    @classmethod
+    def load(cls, path: str | Path, *, models: str | Sequence[str] | None = None) -> Run:
+        """Read a run folder (every artifact's checksum verified, nothing unpickled).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            A run folder written by :func:`fit` or :func:`finetune`.
+        models : str or sequence of str, optional
+            Families to load (default: all the run has).
+
+        Returns
+        -------
+        Run
+
+        Raises
+        ------
+        lsm.errors.ArtifactError
+            Not a run folder, a changed or missing artifact, or an unknown family.
+        """
+        from lsm.workflows.runs import load_run as _load
+
+        r = _load(Path(path), families=_families(models))
+        return cls(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
+
+    # -- what the run holds ----------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """``"fit"`` or ``"finetune"``."""
+        return str(self.meta["kind"])
+
+    @property
+    def families(self) -> list[str]:
+        """Names of the loaded models."""
+        return list(self.models)
+
+    @property
+    def default_model(self) -> str:
+        """The model maps and :meth:`predict` use by default: a fine-tune's delivered
+        model, a fit's family with the best cross-validated AUC."""
+        from lsm.workflows.predict import _best_family
+
+        return _best_family(self)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: cross-validation (fit) or the transfer comparison (finetune)."""
+        from lsm.io.artifacts import read_json
+
+        return read_json(self.path / "metrics.json")
+
+    @property
+    def factors(self) -> list[str]:
+        """Factors the models use, in order (see :attr:`schema` for kinds and categories)."""
+        return list(self.schema.factors)
+
+    @property
+    def normalisation(self) -> dict[str, Any]:
+        """``{"method", "stats", "source_stats"}``: how factor values are standardised."""
+        return {"method": self.norm, "stats": self.stats,
+                "source_stats": self.meta.get("source_stats") or self.stats}
+
+    # -- using it --------------------------------------------------------------------
+
+    def predict(self, data: Any, *, model: str | None = None, region: Any = None,
+                prevalence: float | None = None) -> pd.Series | pd.DataFrame:
+        """``P(landslide)`` of every row of a table of raw factor values.
+
+        The run's schema and normalisation are applied exactly as in training:
+        categorical codes named with the region's legend, aspect to sin/cos,
+        continuous factors standardised with the statistics of the region the
+        rows come from.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame, pyarrow.Table or path
+            One row per point or unit, a column per factor (canonical factor
+            names, as in :attr:`factors`; other columns are ignored).
+        model : str, optional
+            A family name, ``"all"`` (one column per model) or None: the
+            :attr:`default_model`.
+        region : str, pathlib.Path or RegionData, optional
+            The region the rows come from (built-in name, spec path or loaded
+            region): its statistics normalise them.  Default: the region the run
+            was trained in.
+        prevalence : float, optional
+            Expected landslide share; shifts the base rate as maps do.
+
+        Returns
+        -------
+        pandas.Series or pandas.DataFrame
+            Probabilities indexed like ``data``: a Series named after the model,
+            or a DataFrame with a column per model for ``model="all"``.
+
+        Raises
+        ------
+        lsm.errors.FactorMismatchError
+            ``data`` lacks a factor of the model.
+
+        Example
+        -------
+        >>> run.predict(pd.read_csv("points.csv"))                 # doctest: +SKIP
+        """
+        from lsm.workflows.predict import make_predict_fn
+
+        table = _read_data(data)
+        spec, stats = self._region_for(region)
+        names = self.families if model == "all" else [model or self.default_model]
+        for n in names:
+            if n not in self.models:
+                from lsm.errors import FactorMismatchError
+
+                raise FactorMismatchError(f"run {self.path} has no model {n!r} (it has "
+                                          f"{', '.join(self.models)})")
+        out = {n: make_predict_fn(self, n, spec, stats, prevalence=prevalence)(table)
+               for n in names}
+        if model == "all":
+            return pd.DataFrame(out, index=table.index)
+        return pd.Series(out[names[0]], index=table.index, name=names[0])
+
+    def _region_for(self, region: Any) -> tuple[Any, dict[str, Any]]:
+        """(spec, statistics) that normalise rows of ``region`` (default: the run's)."""
+        import yaml
+
+        from lsm.config.spec import parse_region
+        from lsm.workflows.region import RegionData
+
+        if region is None:
+            spec = parse_region(yaml.safe_load(self.meta["spec"]),
+                                source=str(self.path / "model.json"))
+            return spec, self.stats
+        data = region if isinstance(region, RegionData) else load_region(
+            region, factors=self.factors)
+        from lsm.workflows.predict import region_stats_for
+
+        return data.spec, region_stats_for(self, data.spec, data.stats)
+
+    def predict_map(self, region: str | Path | None = None, *, out: str | Path | None = None,
+                    model: str | None = None, thresholds: Sequence[float] | None = None,
+                    prevalence: float | None = None, uncertainty: int | None = None,
+                    progress: bool = False) -> MapResult:
+        """Map a region with this run: see :func:`predict` (same parameters)."""
+        return predict(self, region, out=out, model=model, thresholds=thresholds,
+                       prevalence=prevalence, uncertainty=uncertainty, progress=progress)
+
+    def explain(self, **kwargs: Any) -> Explanation:
+        """SHAP explanations of this run: see :func:`explain`."""
+        return explain(self, **kwargs)
+
+    def training_table(self) -> pd.DataFrame:
+        """The rows the run's family models were trained on (raw factor values, label)."""
+        return super().training_table()
+
+
+def load_run(path: str | Path, *, models: str | Sequence[str] | None = None) -> Run:
+    """Read a run folder; the same as :meth:`Run.load`.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Run folder.
+    models : str or sequence of str, optional
+        Families to load (default: all).
+
+    Returns
+    -------
+    Run
+
+    Example
+    -------
+    >>> run = lsm.load_run("runs/hongkong")                      # doctest: +SKIP
+    """
+    return Run.load(path, models=models)
+
+
+def _as_run(run: Run | _RunFolder | str | Path) -> Run:
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, _RunFolder):
+        return Run(**{f.name: getattr(run, f.name) for f in dataclasses.fields(run)})
+    return Run.load(run)
+
+
+def load_region(region: str | Path, *, factors: Sequence[str] | None = None,
+                progress: bool = False) -> Any:
+    """Load a region: its spec, factor table with labels and folds, statistics, stack.
+
+    Parameters
+    ----------
+    region : str or pathlib.Path
+        Built-in region name (``lsm regions``) or path to a region spec YAML.
+    factors : sequence of str, optional
+        Restrict to these factors (default: all the region has).
+    progress : bool
+        Progress bars for downloads and statistics.
+
+    Returns
+    -------
+    lsm.workflows.region.RegionData
+        ``spec``, ``table`` (one row per sample: ``x``, ``y``, factors, ``label``,
+        ``fold``), ``stats``, ``kinds`` and, for raster regions, the lazy ``stack``
+        (an xarray Dataset).
+
+    Example
+    -------
+    >>> data = lsm.load_region("ecuador")                        # doctest: +SKIP
+    >>> data.table.head()                                        # doctest: +SKIP
+    """
+    from lsm.config.spec import load_region as _spec
+    from lsm.workflows.region import load_region_data
+
+    return load_region_data(_spec(region), progress=progress,
+                            factors=list(factors) if factors is not None else None)
+
+
+def _trained(path: Path, *, maps: bool, explain: bool, progress: bool, console: Any,
+             on_trained: Callable[[Run], None] | None) -> Run:
+    """What follows every fit and fine-tune: the hook, then maps, figures and report."""
+    if on_trained is not None:
+        on_trained(Run.load(path))
+    if maps or explain:
+        from lsm.workflows.outputs import after_training
+
+        after_training(path, predict=maps, explain=explain, progress=progress,
+                       console=console)
+    return Run.load(path)
+
+
+def fit(source: str | Path | Sequence[str | Path], *, models: str | Sequence[str] = "all",
+        out: str | Path | None = None, factors: Sequence[str] | None = None,
+        norm: str = "target", device: str = "auto", cv: bool = True, maps: bool = True,
+        explain: bool = True, seed: int = 0, params: dict[str, dict[str, Any]] | None = None,
+        progress: bool = False, console: Any = None,
+        on_trained: Callable[[Run], None] | None = None, command: str | None = None) -> Run:
+    """Pretrain source models in a data-rich region (``lsm fit``).
+
+    Cross-validates each family on spatial folds, trains it on every sample,
+    saves the run, then writes maps (raster regions) or unit tables (table
+    regions), evaluation figures, SHAP explanations and ``report.md``.
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or sequence
+        Built-in region name or spec path; several regions (a list or a comma
+        list) pretrain on their pooled rows, each normalised with its own
+        statistics and weighted to count the same.
+    models : str or sequence of str
+        ``"all"``, a comma list (``"lr,xgb"``) or a list of families.
+    out : str or pathlib.Path, optional
+        Run folder (default ``runs/<region>``).
+    factors : sequence of str, optional
+        Factor subset (default: every factor the region lets transfer).
+    norm : {"target", "quantile", "source", "none"}
+        Normalisation across regions.
+    device : {"auto", "cpu", "cuda"}
+        Where the MLP trains.
+    cv : bool
+        Cross-validate before the final fit.
+    maps, explain : bool
+        Write maps / unit tables, and SHAP explanations, after training.
+    seed : int
+        Seed of folds, sampling and models.
+    params : dict, optional
+        Hyper-parameters per family (``{"xgb": {"max_depth": 4}}``), e.g. from
+        ``lsm tune``.
+    progress : bool
+        Progress bars.
+    console : rich.console.Console, optional
+        Where status lines go (what was written where); None is silent.
+    on_trained : callable, optional
+        Called with the :class:`Run` once it is saved, before maps and figures
+        (the CLI prints its metrics there).
+    command : str, optional
+        Command line recorded in the run (what reproduces it).
+
+    Returns
+    -------
+    Run
+        The saved run; ``run.metrics["cv"][family]["summary"]`` holds the
+        cross-validated AUC, log-loss, Brier score and accuracy.
+
+    Example
+    -------
+    >>> src = lsm.fit("demo-source", models="lr,xgb", out="runs/demo")   # doctest: +SKIP
+    >>> src.metrics["cv"]["xgb"]["summary"]["auc"]["mean"]              # doctest: +SKIP
+    """
+    from lsm.workflows.fit import FitConfig, run_dir, run_fit
+
+    if not isinstance(source, (str, Path)):
+        source = [str(s) for s in source]
+    cfg = FitConfig(source=str(source) if isinstance(source, Path) else source,
+                    models=_families(models), out=Path(out) if out is not None else None,
+                    factors=list(factors) if factors is not None else None, norm=norm,
+                    device=device, cv=cv, seed=seed, progress=progress, command=command,
+                    **({"params": params} if params else {}))
+    metrics = run_fit(cfg)
+    return _trained(run_dir(cfg, metrics["region"]), maps=maps, explain=explain,
+                    progress=progress, console=console, on_trained=on_trained)
+
+
+def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong", *,
+             shots: int | str = 50, repeats: int = 10, models: str | Sequence[str] | None = None,
+             norm: str | None = None, prevalence: float | None = None, anchor: str = "auto",
+             reweight: bool = False, out: str | Path | None = None, device: str = "auto",
+             maps: bool = True, explain: bool = True, seed: int = 0, progress: bool = False,
+             console: Any = None, on_trained: Callable[[Run], None] | None = None,
+             command: str | None = None) -> Run:
+    """Adapt source models to a region with few landslides and deliver one model.
+
+    The delivered model (``run.models["delivered"]``) combines the source
+    models with models trained on the target's labelled points; its strategy
+    is chosen by cross-validation on those points alone.  In a study
+    (``shots=K``) it is scored on a fixed target hold-out beside the source
+    models alone, models trained on the shots alone and each family's stage 1
+    and stage 2, over ``repeats`` draws of K landslides and K non-landslides,
+    with paired differences.  ``shots="all"`` is production: every labelled
+    point trains it and nested cross-validation estimates its skill.
+
+    Parameters
+    ----------
+    target : str or pathlib.Path
+        The data-scarce region: built-in name or spec path.
+    source_run : Run, str or pathlib.Path
+        A fit (or fine-tune) run, or a folder of runs (its newest is used).
+    shots : int or "all"
+        K landslides (and K non-landslides) per repeat, or ``"all"``.
+    repeats : int
+        Draws of the shots (study mode).
+    models : str or sequence of str, optional
+        Families (default: all in the source run).
+    norm : {"target", "quantile", "source", "none"}, optional
+        Default: the source run's; another one re-pretrains the source models.
+    prevalence : float, optional
+        Expected landslide share in the target; corrects maps and metrics.
+    anchor : {"auto", "fixed"}
+        Stage-2 anchoring strength: chosen on the shots, or each family's default.
+    reweight : bool
+        Re-train the source models with importance weights towards target-like terrain.
+    out : str or pathlib.Path, optional
+        Run folder (default ``runs/<source>-to-<target>-k<K>``).
+    device : {"auto", "cpu", "cuda"}
+        Where the MLP trains.
+    maps, explain : bool
+        Write maps / unit tables (with the uncertainty layer), and SHAP, afterwards.
+    seed : int
+        Seed of the hold-out, the shots and the models.
+    progress : bool
+        Progress bars.
+    console : rich.console.Console, optional
+        Where status lines go; None is silent.
+    on_trained : callable, optional
+        Called with the saved :class:`Run` before maps and figures are written.
+    command : str, optional
+        Command line recorded in the run.
+
+    Returns
+    -------
+    Run
+        The saved run.  ``run.metrics["models"]["lsm"]["delivered"]`` summarises
+        the delivered model on the hold-out (mean and std over repeats of
+        ``auc``, ``log_loss``, ...); ``run.metrics["paired"]`` holds the paired
+        differences; ``run.predict(table)`` scores new rows with it.
+
+    Example
+    -------
+    >>> src = lsm.fit("demo-source", models="lr,xgb")                   # doctest: +SKIP
+    >>> ft = lsm.finetune("demo-target", src, shots=25, repeats=3)      # doctest: +SKIP
+    >>> ft.metrics["models"]["lsm"]["delivered"]["auc"]["mean"]         # doctest: +SKIP
+    >>> ft.predict(new_points)                                          # doctest: +SKIP
+    """
+    from lsm.workflows.finetune import FinetuneConfig, run_dir, run_finetune
+    from lsm.workflows.runs import latest_run
+
+    src = source_run.path if isinstance(source_run, _RunFolder) else Path(source_run)
+    src = latest_run(src) or src
+    if isinstance(shots, str) and shots.strip().lower() != "all":
+        shots = int(shots)
+    cfg = FinetuneConfig(target=str(target), source_run=src,
+                         shots=shots.strip().lower() if isinstance(shots, str) else shots,
+                         repeats=repeats, models=_families(models), seed=seed,
+                         out=Path(out) if out is not None else None, norm=norm,
+                         prevalence=prevalence, device=device, anchor=anchor,
+                         reweight=reweight, progress=progress, command=command)
+    metrics = run_finetune(cfg)
+    return _trained(run_dir(cfg, metrics["source_region"], metrics["target"]), maps=maps,
+                    explain=explain, progress=progress, console=console,
+                    on_trained=on_trained)
+
+
+def predict(run: Run | str | Path, region: str | Path | None = None, *,
+            out: str | Path | None = None, model: str | None = None,
+            thresholds: Sequence[float] | None = None, prevalence: float | None = None,
+            uncertainty: int | None = None, progress: bool = False) -> MapResult:
+    """Map a region with a run's model (``lsm predict``).
+
+    A raster region gets a probability COG, a zones GeoTIFF, PNG quick-looks
+    and success/prediction-rate curves; a table region (slope units, points)
+    gets per-unit probabilities and zones as Parquet and CSV, and a GeoPackage
+    when the units have coordinates or geometry.  Both get the uncertainty
+    layer where it is on (see ``uncertainty``).
+
+    Parameters
+    ----------
+    run : Run, str or pathlib.Path
+        A run or run folder.
+    region : str or pathlib.Path, optional
+        Built-in name or spec path (default: the run's region).
+    out : str or pathlib.Path, optional
+        Output folder (default ``<run>/maps``, and the run's report is updated).
+    model : str, optional
+        A family (default: the run's delivered or best model).
+    thresholds : sequence of 4 floats, optional
+        Zone thresholds (default: the 20/40/60/80 % quantiles).
+    prevalence : float, optional
+        Expected landslide share; shifts the base rate.
+    uncertainty : int, optional
+        Bootstrap refits behind the uncertainty layer (std of P per pixel or unit);
+        0 turns it off.  Default: 10 for a fine-tune run's delivered model, none
+        otherwise.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    MapResult
+
+    Raises
+    ------
+    lsm.errors.FactorMismatchError
+        The region lacks a factor of the model, or the run has no such model.
+
+    Example
+    -------
+    >>> m = lsm.predict("runs/demo-source-to-demo-target-k25")       # doctest: +SKIP
+    >>> m.files["probability"], m.zone_statistics                     # doctest: +SKIP
+    """
+    from lsm.workflows.predict import predict_region
+
+    r = _as_run(run)
+    cuts = None
+    if thresholds is not None:
+        from lsm.mapping.zones import validate_thresholds
+
+        cuts = validate_thresholds(list(thresholds))
+    res = predict_region(r, region=str(region) if region is not None else None, family=model,
+                         out=Path(out) if out is not None else None, thresholds=cuts,
+                         prevalence=prevalence, uncertainty=uncertainty, progress=progress)
+    report = None
+    if out is None:  # maps inside the run folder: keep its report in step
+        from lsm.workflows.outputs import record_maps
+
+        report = record_maps(r, res)
+    return MapResult._from_dict(res, report)
+
+
+def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None = None,
+            region: str | Path | None = None, top: int = 3,
+            progress: bool = False) -> Explanation:
+    """SHAP explanations of a run's models (``lsm explain``).
+
+    Writes importance bars and beeswarms per family under ``<run>/figures``;
+    for a fine-tune run also the source-vs-fine-tuned importance shift
+    (against the re-pretrained source models when the run re-pretrained them).
+
+    Parameters
+    ----------
+    run : Run, str or pathlib.Path
+        A run or run folder.
+    shap_maps : bool
+        Also write per-pixel SHAP COGs of the ``top`` factors (raster regions).
+    model : str, optional
+        Family of the SHAP maps (default: the run's delivered or best).
+    region : str or pathlib.Path, optional
+        Raster region of the SHAP maps (default: the run's).
+    top : int
+        Number of factors mapped.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    Explanation
+
+    Example
+    -------
+    >>> e = lsm.explain("runs/hongkong")                         # doctest: +SKIP
+    >>> e.importance["xgb"].head()                               # doctest: +SKIP
+    """
+    from lsm.workflows.outputs import explain_run
+    from lsm.workflows.outputs import shap_maps as _shap_maps
+
+    r = _as_run(run)
+    res = explain_run(r)
+
+    def series(d: dict[str, float]) -> pd.Series:
+        s = pd.Series(d, dtype="float64", name="mean |SHAP|")
+        return s.sort_values(ascending=False)
+
+    maps: list[Path] = []
+    if shap_maps:
+        maps = [Path(p) for p in _shap_maps(r, family=model,
+                                            region=str(region) if region else None,
+                                            top=top, progress=progress)]
+    return Explanation(
+        importance={f: series(e["importance"]) for f, e in res.items()},
+        source_importance={f: series(e["source_importance"]) for f, e in res.items()
+                           if "source_importance" in e},
+        figures={f: {k: Path(e[k]) for k in ("bar", "beeswarm", "shift") if k in e}
+                 for f, e in res.items()},
+        shap_maps=maps)
+
+
+def run_pipeline(pipeline: str | Path | Any, *, out: str | Path | None = None,
+                 repeats: int | None = None, force: bool = False, progress: bool = False,
+                 command: str | None = None) -> Any:
+    """Run (or resume) a pipeline of fits and fine-tunes (``lsm run``).
+
+    Parameters
+    ----------
+    pipeline : str, pathlib.Path or PipelineConfig
+        A pipeline YAML file (see ``pipelines/``) or a loaded config.
+    out : str or pathlib.Path, optional
+        Results folder (default: the pipeline's ``out``).
+    repeats : int, optional
+        Override every study's repeats (quick checks).
+    force : bool
+        Redo every step, even those already complete.
+    progress : bool
+        A progress bar over the steps.
+    command : str, optional
+        Command line recorded in the results.
+
+    Returns
+    -------
+    lsm.workflows.pipeline.PipelineResult
+        ``results`` and ``summary`` DataFrames, figures and the state of every step.
+
+    Example
+    -------
+    >>> res = lsm.run_pipeline("pipelines/transfer.yaml", repeats=2)   # doctest: +SKIP
+    >>> res.summary                                                    # doctest: +SKIP
+    """
+    from lsm.config.pipeline import load_pipeline
+    from lsm.workflows.pipeline import apply_overrides
+    from lsm.workflows.pipeline import run_pipeline as _run
+
+    cfg = load_pipeline(pipeline) if isinstance(pipeline, (str, Path)) else pipeline
+    cfg = apply_overrides(cfg, repeats=repeats)
+    return _run(cfg, out=Path(out) if out is not None else None, force=force,
+                progress=progress, overrides={"repeats": repeats} if repeats else {},
+                command=command)
