@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ from lsm.errors import SpecError
 STUDY_DB = "study.db"
 #: Summary of one family's study (trial counts, default vs best).
 SUMMARY = "tune_{model}.json"
+#: Seconds between a running trial's heartbeats in the study database.
+HEARTBEAT_S = 60
 
 
 class TuneConfig(BaseModel):
@@ -205,8 +208,15 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     db = out / STUDY_DB
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A trial whose process died without a word (SIGKILL, power cut) stays RUNNING in the
+    # database; with a heartbeat the next 'lsm tune' on the folder marks it FAIL.
+    with warnings.catch_warnings():  # heartbeats are 'experimental' since optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}",
+                                             heartbeat_interval=HEARTBEAT_S,
+                                             grace_period=3 * HEARTBEAT_S)
     study = optuna.create_study(
-        storage=f"sqlite:///{db.resolve()}", study_name=f"{spec.name}-{cfg.model}",
+        storage=storage, study_name=f"{spec.name}-{cfg.model}",
         direction="minimize", load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
     _check_same_study(study, {"region": spec.name, "model": cfg.model, "norm": cfg.norm,
