@@ -52,12 +52,12 @@ from lsm.errors import ArtifactError, FactorMismatchError
 
 PROBABILITY = "probability"
 LOG_ODDS = "log-odds"
-#: Units of the SHAP values of each family (see the module docstring).
-UNITS = {"rf": PROBABILITY, "xgb": LOG_ODDS, "lr": LOG_ODDS, "mlp": LOG_ODDS,
-         "delivered": LOG_ODDS}
 
-#: Background rows used when ``max_background`` is not given.
-DEFAULT_BACKGROUND = {"rf": 100, "xgb": 200, "lr": 200, "mlp": 200, "delivered": 50}
+
+def _declared(model: Any, name: str, default: Any) -> Any:
+    """A family's SHAP declaration (``shap_explainer``, ``shap_units``, ``shap_background``
+    class attributes of :class:`lsm.models.base.LsmClassifier`)."""
+    return getattr(type(model), name, default)
 
 _FALLBACK_EXPLAIN = 100
 _FALLBACK_BACKGROUND = 50
@@ -364,8 +364,9 @@ def _explain_delivered(model: Any, bg: pd.DataFrame, ex: pd.DataFrame, seed: int
     return _explain_permutation(model, bg, ex, seed, LOG_ODDS)
 
 
-_EXPLAINERS = {"rf": _explain_rf, "xgb": _explain_xgb, "lr": _explain_lr, "mlp": _explain_mlp,
-               "delivered": _explain_delivered}
+#: Explainer kinds a family names in its ``shap_explainer`` (anything else: permutation).
+_EXPLAINERS = {"forest": _explain_rf, "booster": _explain_xgb, "linear": _explain_lr,
+               "deep": _explain_mlp, "permutation": _explain_delivered}
 
 
 # ---------------------------------------------------------------------- public
@@ -435,18 +436,19 @@ def explain_model(model: Any, X_background: pd.DataFrame, X_explain: pd.DataFram
         raise ValueError("explain_model: X_background and X_explain need at least one row")
     family = str(getattr(model, "family", "") or type(model).__name__)
     rng = np.random.default_rng(seed)
+    kind = _declared(model, "shap_explainer", None)  # None: not an lsm family
     if max_background is None:
-        max_background = DEFAULT_BACKGROUND.get(family, 200)
-    if family == "delivered":  # permutation: cost grows with rows x background x factors
+        max_background = int(_declared(model, "shap_background", 200))
+    if kind == "permutation":  # cost grows with rows x background x factors
         max_explain = min(max_explain, _FALLBACK_EXPLAIN)
     bg = _sample(_aligned(model, X_background, "X_background"), max_background, rng)
     ex = _sample(_aligned(model, X_explain, "X_explain"), max_explain, rng)
-    units = UNITS.get(family, LOG_ODDS)
+    units = str(_declared(model, "shap_units", LOG_ODDS))
 
-    explain = _EXPLAINERS.get(family)
+    explain = _EXPLAINERS.get(kind)
     try:
         if explain is None:
-            raise TypeError(f"no dedicated explainer for family {family!r}")
+            raise TypeError(f"no dedicated explainer for {family!r} (kind {kind!r})")
         values, base, name = explain(model, bg, ex, seed)
     except (TypeError, ImportError, ValueError, NotImplementedError) as err:
         warnings.warn(f"{family}: {err}; falling back to the permutation explainer on "
@@ -665,17 +667,18 @@ def pixel_contributions(model: Any, X: pd.DataFrame, X_background: pd.DataFrame,
     cols = list(getattr(model, "feature_names_in_", X.columns))
     X = X[cols]
     family = getattr(model, "family", "")
-    if family == "xgb":
+    kind = _declared(model, "shap_explainer", "permutation")
+    if kind == "booster":
         contrib, base = _xgb_contributions(model, X)
         values = pd.DataFrame(contrib, index=X.index, columns=cols)
-        units = UNITS["xgb"]
-    elif family == "lr":
+        units = LOG_ODDS
+    elif kind == "linear":
         coef = np.asarray(model.coef_, dtype="float64").ravel()
         centre = X_background[cols].to_numpy(dtype="float64").mean(axis=0)
         values = pd.DataFrame((X.to_numpy(dtype="float64") - centre) * coef, index=X.index,
                               columns=cols)
         base = float(np.ravel(model.intercept_)[0] + coef @ centre)
-        units = UNITS["lr"]
+        units = LOG_ODDS
     else:
         res = explain_model(model, X_background, X, max_explain=len(X),
                             max_background=max_background, seed=seed)

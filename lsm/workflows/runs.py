@@ -7,13 +7,22 @@ Layout of a run folder::
     model/<family>/       one artifact folder per model family (with manifest.json)
     metrics.json          cross-validation (fit) or four-arm comparison (finetune)
     training_table.parquet
+    manifest.json         sha256 of all of the above: written last, checked on load
     report.md, figures/, maps/   (written by the mapping and report steps)
+
+A run is written into a staging folder inside the run folder and moved into place
+only when complete (:func:`write_run`); a run folder is claimed by one process at a
+time (:func:`claim_run_dir`), so two commands on one ``--out`` never interleave.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import os
 import platform
+import shutil
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +32,7 @@ import pandas as pd
 
 from lsm.config.spec import check_name
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import read_json, write_json
+from lsm.io.artifacts import MANIFEST, read_json, sha256_file, write_json, write_manifest
 from lsm.stack.features import FeatureSchema
 
 MODEL_JSON = "model.json"
@@ -78,12 +87,20 @@ class Run:
 
 
 def load_run(path: Path, *, families: list[str] | None = None) -> Run:
-    """Read ``model.json`` and the model artifacts of a run folder."""
-    from lsm.models.base import get_family
+    """Read ``model.json`` and the model artifacts of a run folder.
+
+    The run-level ``manifest.json`` must list ``model.json``, ``metrics.json`` and every
+    file under ``model/``, each with its sha256: a changed normalisation statistic, a
+    swapped model folder or a run whose writing was interrupted is refused.
+    """
+    from lsm.models.base import load_model
 
     path = Path(path)
     if not path.is_dir():
+        if path.exists():
+            raise ArtifactError(f"{path}: not a run folder (it is a file)")
         raise ArtifactError(f"{path}: no such run folder (run 'lsm fit' first)")
+    verify_run(path)
     meta = read_json(path / MODEL_JSON)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"{path / MODEL_JSON}: not an lsm run file of format {FORMAT_VERSION}")
@@ -97,8 +114,158 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
     missing = [f for f in wanted if f not in have]
     if missing:
         raise ArtifactError(f"{path}: run has no model(s) {missing} (it has {', '.join(have)})")
-    models = {f: get_family(f).load(path / "model" / f) for f in wanted}
+    # each folder names its own family (a generic transfer stage is a delivered model)
+    models = {f: load_model(path / "model" / f) for f in wanted}
     return Run(path, meta, models)
+
+
+#: Files of a run that its manifest must cover (besides every file under ``model/``).
+RUN_FILES = (MODEL_JSON, "metrics.json")
+_STAGING = ".staging-"
+_OLD = ".replaced-"
+_LOCK = ".lsm.lock"
+
+
+def _run_files(path: Path) -> list[Path]:
+    files = [path / f for f in (*RUN_FILES, "training_table.parquet") if (path / f).exists()]
+    model = path / "model"
+    if model.is_dir():
+        files += [p for p in sorted(model.rglob("*")) if p.is_file()]
+    return files
+
+
+def verify_run(path: Path) -> None:
+    """Raise :class:`ArtifactError` unless ``path``'s run manifest covers and matches it.
+
+    Checked: the manifest exists; it lists ``model.json``, ``metrics.json`` and at least
+    one model folder's files; every listed file exists with its recorded sha256; and no
+    file under ``model/`` is unlisted (a file added or swapped in after the run).
+    """
+    path = Path(path)
+    man = path / MANIFEST
+    if not man.exists():
+        if (path / MODEL_JSON).exists():
+            raise ArtifactError(f"{path}: incomplete run ({MANIFEST} missing: the run was "
+                                "interrupted while being written, or written by an older "
+                                "lsm); run it again")
+        raise ArtifactError(f"{path}: not a run folder ({MODEL_JSON} missing; run 'lsm fit' "
+                            "first)")
+    entries = read_json(man).get("files")
+    if not isinstance(entries, dict):
+        raise ArtifactError(f"{man}: no 'files' table")
+    for required in RUN_FILES:
+        if required not in entries:
+            raise ArtifactError(f"{man}: does not cover {required}; refusing the run")
+    if not any(k.startswith("model/") for k in entries):
+        raise ArtifactError(f"{man}: lists no model files; refusing the run")
+    for rel, digest in entries.items():
+        p = path / rel
+        if not p.is_file():
+            raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
+        if sha256_file(p) != digest:
+            raise ArtifactError(f"{p}: checksum differs from {man}; the file was changed "
+                                "after the run was written, refusing to load it")
+    listed = set(entries)
+    extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed]
+    if extra:
+        raise ArtifactError(f"{extra[0]}: not part of the run written in {path} (unlisted "
+                            f"in {MANIFEST}); refusing to load it")
+
+
+# Run folders this process holds (path -> open lock file), so that a command which writes
+# a run and then its maps, in one process, takes the lock once.
+_HELD: dict[str, Any] = {}
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create ``path`` if needed and hold it for this process until it exits.
+
+    Another process holding it is a one-line :class:`~lsm.errors.RunBusyError`. Leftovers
+    of a killed run (staging folders, replaced runs, ``.tmp-*`` files of atomic writes)
+    are removed. A file where the folder should be is a one-line error too.
+    """
+    import fcntl
+
+    from lsm.errors import RunBusyError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path}: is a file; give a folder for the run (--out)")
+    key = str(path.resolve())
+    if key in _HELD:
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    fh = open(path / _LOCK, "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise RunBusyError(f"{path}: in use by another lsm process (pid {pid}); wait for "
+                               "it to finish or choose another --out") from None
+        raise
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _HELD[key] = fh
+    clean_stale(path)
+    return path
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove what killed runs leave in ``path``: staging folders, replaced runs and the
+    ``.<name>.tmp-*`` files of interrupted atomic writes (at any depth). Call it only on a
+    folder this process holds (:func:`claim_run_dir`)."""
+    removed = []
+    for p in list(Path(path).glob(f"{_STAGING}*")) + list(Path(path).glob(f"{_OLD}*")):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    for p in Path(path).rglob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
+              metrics: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write a whole run (models, training table, metrics, ``model.json``, manifest).
+
+    Everything goes to a staging folder inside ``path`` first; the manifest is written
+    last; then the previous run's files move aside and the new ones into place, and the
+    previous ones are deleted. A kill at any point leaves either the previous run, or a
+    folder that :func:`load_run` refuses with a one-line error: never a mix that loads.
+    """
+    path = claim_run_dir(path)
+    stage = path / f"{_STAGING}{os.getpid()}-{time.monotonic_ns()}"
+    stage.mkdir()
+    try:
+        save_models(stage, models)
+        table.to_parquet(stage / "training_table.parquet")
+        write_json(stage / "metrics.json", metrics)
+        write_run_meta(stage, meta)
+        write_manifest(stage, _run_files(stage))
+        _commit(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return path
+
+
+def _commit(stage: Path, path: Path) -> None:
+    old = path / f"{_OLD}{os.getpid()}-{time.monotonic_ns()}"
+    old.mkdir()
+    # the old manifest goes first: from here until the new one lands the run is refused
+    names = [MANIFEST] + sorted(n.name for n in stage.iterdir() if n.name != MANIFEST) + \
+        ["maps", "figures", "report.md", "report.html", "outputs.json"]
+    for name in dict.fromkeys(names):
+        if (path / name).exists():
+            os.replace(path / name, old / name)
+    for name in [n.name for n in stage.iterdir() if n.name != MANIFEST] + [MANIFEST]:
+        os.replace(stage / name, path / name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_models(path: Path, models: dict[str, Any]) -> None:
