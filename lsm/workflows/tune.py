@@ -239,6 +239,10 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
                 best = "no complete trial yet"
             bar.describe(f"tuning {cfg.model}: trial {trial.number} "
                          f"{trial.state.name.lower()}, {best}")
+            # a new best is written at once: a process killed outright loses nothing
+            if trial.state == optuna.trial.TrialState.COMPLETE and \
+                    study.best_trial.number == trial.number:
+                write_results(study, out, cfg, n_before=n_before)
 
         try:
             study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout,
