@@ -163,6 +163,13 @@ def test_warnings_print_once_as_clean_notes(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(wr, "print_fit_metrics",
                         lambda m, con: [con.print(f"note: {n}") for n in m["notes"]])
     monkeypatch.setattr(wo, "after_training", lambda *a, **k: None)
+    import types
+
+    import lsm.api as api
+
+    # the fake fit writes no run folder: the API's run is its metrics alone
+    monkeypatch.setattr(api.Run, "load", classmethod(
+        lambda cls, path, **k: types.SimpleNamespace(metrics={"region": "x", "notes": [msg]})))
     assert main(["fit", "--source", "hongkong", "-q"]) == 0
     out = capsys.readouterr()
     lines = (out.out + out.err).splitlines()
