@@ -28,6 +28,11 @@ PredictFn = Callable[[pd.DataFrame], np.ndarray]
 
 NAME = "susceptibility"
 _TOL = 1e-6
+#: Rows of one ``predict_fn`` call: a large block is predicted in slices of this
+#: many valid pixels, so the tables, design matrices and model buffers of a call
+#: stay a few tens of MB, whatever the chunk size (the allocator reuses buffers
+#: that size instead of asking the OS for fresh pages every call).
+BATCH_ROWS = 1 << 18
 
 
 def predict_raster(
@@ -141,12 +146,18 @@ class _BlockPredictor:
         n = int(valid.sum())
         if n == 0:
             return out
-        table = pd.DataFrame({f: b[valid] for f, b in zip(self.factors, blocks, strict=True)})
-        prob = np.asarray(self.predict_fn(table), dtype=np.float64).reshape(-1)
-        if prob.shape[0] != n:
-            raise ValueError(
-                f"predict_fn returned {prob.shape[0]} values for a table of {n} rows"
-            )
+        index = np.flatnonzero(valid.ravel())
+        flat = [b.ravel() for b in blocks]
+        prob = np.empty(n, dtype=np.float64)
+        for lo in range(0, n, BATCH_ROWS):
+            rows = index[lo:lo + BATCH_ROWS]
+            table = pd.DataFrame({f: b[rows] for f, b in zip(self.factors, flat, strict=True)})
+            part = np.asarray(self.predict_fn(table), dtype=np.float64).reshape(-1)
+            if part.shape[0] != len(rows):
+                raise ValueError(
+                    f"predict_fn returned {part.shape[0]} values for a table of {len(rows)} rows"
+                )
+            prob[lo:lo + len(rows)] = part
         if self.value_range is None:
             out[valid] = prob
             return out

@@ -59,10 +59,23 @@ def category_names(values: Any, src: FactorSource | None) -> np.ndarray:
     return out
 
 
-def name_categories(table: pd.DataFrame, spec: RegionSpec) -> pd.DataFrame:
-    """Replace numeric codes by legend names in the categorical columns of ``table``."""
+def name_categories(table: pd.DataFrame, spec: RegionSpec, *, as_category: bool = False
+                    ) -> pd.DataFrame:
+    """Replace numeric codes by legend names in the categorical columns of ``table``.
+
+    ``as_category=True`` gives ``pandas.Categorical`` columns (the same names):
+    the mapping path uses it, since naming each pixel in a column of strings costs
+    more than the model on large map blocks.
+    """
     out = table.copy()
     for f in spec.factor_names:
         if f in out.columns and spec.kind_of(f) == "categorical":
-            out[f] = category_names(out[f].to_numpy(), spec.factors.get(f))
+            if as_category:
+                codes, uniques = pd.factorize(out[f].to_numpy(), use_na_sentinel=True)
+                names = category_names(np.asarray(uniques), spec.factors.get(f)).astype(str)
+                cats, inverse = np.unique(names, return_inverse=True)  # two codes, one name
+                codes = np.where(codes >= 0, np.append(inverse, -1)[codes], -1)
+                out[f] = pd.Categorical.from_codes(codes, categories=cats)
+            else:
+                out[f] = category_names(out[f].to_numpy(), spec.factors.get(f))
     return out

@@ -151,41 +151,57 @@ def design_matrix(
     missing = [f for f in schema.factors if f not in table.columns]
     if missing:
         raise FactorMismatchError(f"factor(s) {missing} of the model are not in the data")
-    out: dict[str, np.ndarray] = {}
     n = len(table)
+    columns = schema.columns
+    if not n:
+        return pd.DataFrame(columns=columns, dtype="float64")
+    # One float64 block, filled column by column: a dict of columns would make pandas
+    # copy everything once more to consolidate it (the whole cost on large map blocks).
+    # Fortran order = pandas' own layout of a single block, so wrapping it copies nothing.
+    mat = np.empty((n, len(columns)), dtype="float64", order="F")
+    at = 0
     for f in schema.factors:
         kind = schema.kinds[f]
         col = table[f]
         if kind == "circular":
             rad = np.deg2rad(col.to_numpy(dtype="float64"))
-            s, c = np.sin(rad), np.cos(rad)
-            out[f"{f}_sin"] = np.nan_to_num(s, nan=0.0)
-            out[f"{f}_cos"] = np.nan_to_num(c, nan=0.0)
+            mat[:, at] = np.nan_to_num(np.sin(rad), nan=0.0)
+            mat[:, at + 1] = np.nan_to_num(np.cos(rad), nan=0.0)
+            at += 2
         elif kind == "categorical":
-            vals = col.astype("object").where(col.notna(), None)
-            svals = np.array([None if v is None else str(v) for v in vals], dtype=object)
-            known = set(schema.categories[f])
-            unknown = sorted({v for v in svals if v is not None and v not in known})
+            cats = schema.categories[f]
+            # factorize: per-category work on the distinct values, not per row
+            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            names = [str(u) for u in uniques]
+            known = set(cats)
+            unknown = sorted({v for v in names if v not in known})
             if unknown and warn_unknown:
                 warnings.warn(
                     f"factor {f!r}: categories {unknown[:10]} were not seen in training; "
                     "they are treated as 'unknown' (all one-hot columns zero)",
                     UserWarning, stacklevel=2,
                 )
-            for cat in schema.categories[f]:
-                out[f"{f}={cat}"] = (svals == cat).astype("float64")
+            position = {c: k for k, c in enumerate(cats)}
+            lut = np.array([position.get(v, -1) for v in names] + [-1], dtype=np.int64)
+            target = lut[codes]  # code -1 (missing) -> the trailing -1
+            mat[:, at:at + len(cats)] = 0.0
+            rows = np.flatnonzero(target >= 0)
+            mat[rows, at + target[rows]] = 1.0
+            at += len(cats)
         elif norm == "quantile":
             fs = (region_stats or {}).get("factors", {}).get(f, {})
             if "percentiles" not in fs:
                 raise FactorMismatchError(f"no percentile table for factor {f!r} (normalisation "
                                           "'quantile'); re-run 'lsm fit' with this version")
             v = quantile_scores(col.to_numpy(dtype="float64"), fs["percentiles"])
-            out[f] = np.where(np.isfinite(v), v, 0.0)
+            mat[:, at] = np.where(np.isfinite(v), v, 0.0)
+            at += 1
         else:
             mean, std = continuous_center_scale(f, norm=norm, region_stats=region_stats,
                                                 source_stats=source_stats)
             v = (col.to_numpy(dtype="float64") - mean) / std
-            out[f] = np.where(np.isfinite(v), v, 0.0 if norm != "none" else np.nanmean(v) if
-                              np.isfinite(v).any() else 0.0)
-    return pd.DataFrame(out, index=table.index, columns=schema.columns).astype("float64") \
-        if n else pd.DataFrame(columns=schema.columns, dtype="float64")
+            ok = np.isfinite(v)
+            fill = 0.0 if norm != "none" else np.nanmean(v) if ok.any() else 0.0
+            mat[:, at] = np.where(ok, v, fill)
+            at += 1
+    return pd.DataFrame(mat, index=table.index, columns=columns, copy=False)

@@ -291,22 +291,47 @@ def test_probability_cog_small_tiles_force_overviews(tmp_path):
 def test_cog_streams_in_bands(tmp_path, monkeypatch, chunks):
     import lsm.io.raster_write as rw
 
-    # One chunk row (dask) or one 128-row tile band (numpy) per write.
+    # One chunk (dask) or one 128-row tile band (numpy) per batch.
     monkeypatch.setattr(rw, "BAND_BYTES", 128 * 40 * 4)
     windows = []
-    real = rw._row_bands
+    real = rw._blocks
 
     def spy(da, blocksize):
-        for r0, r1, block in real(da, blocksize):
-            windows.append((r0, r1))
-            yield r0, r1, block
+        for r0, c0, block in real(da, blocksize):
+            windows.append((r0, c0, block.shape[0]))
+            yield r0, c0, block
 
-    monkeypatch.setattr(rw, "_row_bands", spy)
+    monkeypatch.setattr(rw, "_blocks", spy)
     prob = predict_raster(make_stack(300, 40, chunks=chunks), logistic, factors=FACTORS)
     write_probability_cog(prob, tmp_path / "p.tif", blocksize=128)
-    assert windows == [(0, 128), (128, 256), (256, 300)]
+    assert windows == [(0, 0, 128), (128, 0, 128), (256, 0, 44)]
     with rasterio.open(tmp_path / "p.tif") as src:
         np.testing.assert_array_equal(src.read(1), prob.values)
+
+
+def test_cog_computes_bounded_batches_of_whole_chunks(tmp_path, monkeypatch):
+    import dask
+
+    import lsm.io.raster_write as rw
+
+    # 3 chunks of 32 x 32 float32 per batch: never a band as wide as the raster
+    monkeypatch.setattr(rw, "BAND_BYTES", 3 * 32 * 32 * 4)
+    batches = []
+    real = dask.compute
+
+    def spy(*args, **kwargs):
+        batches.append([a.shape for a in args])
+        return real(*args, **kwargs)
+
+    prob = predict_raster(make_stack(100, 120, chunks=32), logistic, factors=FACTORS)
+    expected = prob.values
+    monkeypatch.setattr(dask, "compute", spy)
+    write_probability_cog(prob, tmp_path / "p.tif", blocksize=128)
+    assert len(batches) > 1
+    assert all(sum(r * c * 4 for r, c in b) <= rw.BAND_BYTES for b in batches)
+    assert sum(len(b) for b in batches) == 4 * 4  # every chunk once
+    with rasterio.open(tmp_path / "p.tif") as src:
+        np.testing.assert_array_equal(src.read(1), expected)
 
 
 def test_zones_geotiff(tmp_path):
