@@ -42,7 +42,7 @@ def make_predict_fn(run: Run, family: str, spec: RegionSpec, region_stats: dict[
     prevalence = prevalence if prevalence is not None else run.meta.get("prevalence")
 
     def predict(table: pd.DataFrame) -> np.ndarray:
-        named = name_categories(table, spec)
+        named = name_categories(table, spec, as_category=True)
         X = design_matrix(named, schema, norm=run.norm, region_stats=region_stats,
                           source_stats=source_stats, warn_unknown=False)
         p = model.predict_proba(X)[:, 1]
