@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from lsm.workflows.runs import Run as _RunFolder
+from lsm.workflows.runs import holds_run_folders
 
 __all__ = ["Explanation", "MapResult", "Run", "explain", "finetune", "fit", "load_region",
            "load_run", "predict", "run_pipeline"]
@@ -376,6 +377,7 @@ def _trained(path: Path, *, maps: bool, explain: bool, progress: bool, console: 
     return Run.load(path)
 
 
+@holds_run_folders
 def fit(source: str | Path | Sequence[str | Path], *, models: str | Sequence[str] = "all",
         out: str | Path | None = None, factors: Sequence[str] | None = None,
         norm: str = "target", device: str = "auto", cv: bool = True, maps: bool = True,
@@ -448,6 +450,7 @@ def fit(source: str | Path | Sequence[str | Path], *, models: str | Sequence[str
                     progress=progress, console=console, on_trained=on_trained)
 
 
+@holds_run_folders
 def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong", *,
              shots: int | str = 50, repeats: int = 10, models: str | Sequence[str] | None = None,
              norm: str | None = None, prevalence: float | None = None, anchor: str = "auto",
@@ -537,6 +540,7 @@ def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong",
                     on_trained=on_trained)
 
 
+@holds_run_folders
 def predict(run: Run | str | Path, region: str | Path | None = None, *,
             out: str | Path | None = None, model: str | None = None,
             thresholds: Sequence[float] | None = None, prevalence: float | None = None,
@@ -603,6 +607,7 @@ def predict(run: Run | str | Path, region: str | Path | None = None, *,
     return MapResult._from_dict(res, report)
 
 
+@holds_run_folders
 def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None = None,
             region: str | Path | None = None, top: int = 3,
             progress: bool = False) -> Explanation:

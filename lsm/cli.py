@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +32,24 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lsm import __version__
+
+        typer.echo(f"lsm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 DataDir = Annotated[
     Path | None,
@@ -50,7 +68,7 @@ def _command() -> str:
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models).")]
+Seed = Annotated[int, typer.Option(help="Random seed (sampling, folds, models).", min=0)]
 Scheduler = Annotated[
     str | None,
     typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786): build stacks, "
@@ -142,6 +160,15 @@ def _check_device(device: str) -> None:
                                      param_hint="--device")
 
 
+def _check_prevalence(prevalence: float | None) -> None:
+    """A landslide share strictly between 0 and 1 (0 and 1 have no logit)."""
+    import math
+
+    if prevalence is not None and not (math.isfinite(prevalence) and 0 < prevalence < 1):
+        raise typer.BadParameter(f"{prevalence!r}: a landslide share strictly between 0 and "
+                                 "1, e.g. 0.02", param_hint="--prevalence")
+
+
 def _families(text: str) -> list[str]:
     from lsm.models.base import parse_families
 
@@ -168,7 +195,8 @@ def regions() -> None:
         if p.exists():
             d = load_yaml(p)
             kind = "table" if "samples" in d else "raster"
-            t.add_row(name, kind, " ".join(str(d.get("description", "")).split())[:90])
+            t.add_row(name, kind, textwrap.shorten(str(d.get("description", "")), 90,
+                                                   placeholder=" …"))
         else:
             t.add_row(name, "raster", "generated offline by 'lsm demo' (synthetic)")
     _console().print(t)
@@ -244,20 +272,19 @@ def fit(
     """
     _set_data_dir(data_dir)
     _check_device(device)
+    from lsm import api
     from lsm.config.params import load_params
-    from lsm.workflows.fit import FitConfig, run_fit
     from lsm.workflows.report import print_fit_metrics
 
-    cfg = FitConfig(source=source, models=_families(model), out=out, seed=seed,
-                    factors=[f.strip() for f in factors.split(",")] if factors else None,
-                    norm=norm, device=device, cv=cv, progress=not quiet,
-                    params=load_params(params) if params is not None else {},
-                    command=_command())
-    metrics = run_fit(cfg)
-    print_fit_metrics(metrics, _console())
-    _print_region_cv(metrics, _console())
-    run_dir = Path(cfg.out or Path("runs") / metrics["region"])
-    _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
+    def show(run: Any) -> None:
+        print_fit_metrics(run.metrics, _console())
+        _print_region_cv(run.metrics, _console())
+
+    api.fit(source, models=_families(model), out=out, seed=seed,
+            factors=[f.strip() for f in factors.split(",")] if factors else None,
+            norm=norm, device=device, cv=cv, maps=predict, explain=explain,
+            params=load_params(params) if params is not None else None,
+            progress=not quiet, console=_console(), on_trained=show, command=_command())
 
 
 def _print_region_cv(metrics: dict[str, Any], console: Any) -> None:
@@ -390,9 +417,9 @@ def finetune(
     """
     _set_data_dir(data_dir)
     _check_device(device)
-    from lsm.workflows.finetune import FinetuneConfig, run_finetune
+    _check_prevalence(prevalence)
+    from lsm import api
     from lsm.workflows.report import print_finetune_metrics
-    from lsm.workflows.runs import latest_run
 
     k: int | str = shots.strip().lower()
     if k != "all":
@@ -404,24 +431,12 @@ def finetune(
         if not 1 <= k <= 100_000:
             raise typer.BadParameter(f"{shots!r}: must be between 1 and 100000, or 'all'",
                                      param_hint="--shots")
-    src = latest_run(from_run) or from_run
-    cfg = FinetuneConfig(target=target, source_run=src, shots=k, repeats=repeats,
-                         models=_families(model) if model else None, seed=seed, out=out,
-                         norm=norm, prevalence=prevalence, device=device, anchor=anchor,
-                         reweight=reweight, progress=not quiet,
-                         command=_command())
-    metrics = run_finetune(cfg)
-    print_finetune_metrics(metrics, _console())
-    run_dir = Path(out or Path("runs") / f"{metrics['source_region']}-to-{metrics['target']}"
-                   f"-k{k}")
-    _after_training(run_dir, predict=predict, explain=explain, quiet=quiet)
-
-
-def _after_training(run_dir: Path, *, predict: bool, explain: bool, quiet: bool) -> None:
-    from lsm.workflows import outputs
-
-    outputs.after_training(run_dir, predict=predict, explain=explain, progress=not quiet,
-                           console=_console())
+    api.finetune(target, from_run, shots=k, repeats=repeats,
+                 models=_families(model) if model else None, seed=seed, out=out, norm=norm,
+                 prevalence=prevalence, device=device, anchor=anchor, reweight=reweight,
+                 maps=predict, explain=explain, progress=not quiet, console=_console(),
+                 on_trained=lambda run: print_finetune_metrics(run.metrics, _console()),
+                 command=_command())
 
 
 # ---------------------------------------------------------------------------
@@ -442,19 +457,26 @@ def predict(
                                                    "20/40/60/80%].")] = None,
     prevalence: Annotated[float | None, typer.Option(help="Expected landslide share; shifts "
                                                      "the map's base rate.")] = None,
+    uncertainty: Annotated[int | None, typer.Option(help="Bootstrap refits behind the "
+                                                    "uncertainty layer (std of P per pixel "
+                                                    "or unit); 0: none \\[default: 10 for a "
+                                                    "delivered model, else none].",
+                                                    min=0)] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
     """Write a susceptibility map: probability COG, classed zones GeoTIFF, PNG quick-looks.
 
     Prediction runs block by block over the lazy factor stack; pixels with any missing
-    factor stay nodata. Zones: very low, low, moderate, high, very high.
+    factor stay nodata. Zones: very low, low, moderate, high, very high. A table region
+    (slope units, points) gets per-unit probabilities and zones instead: Parquet and
+    CSV, and a GeoPackage when the units have coordinates or geometry.
     """
     _set_data_dir(data_dir)
+    _check_prevalence(prevalence)
     from rich.table import Table
 
-    from lsm.workflows.predict import predict_maps
-    from lsm.workflows.runs import load_run
+    from lsm import api
 
     cuts = None
     if thresholds:
@@ -466,22 +488,20 @@ def predict(
             msg = str(err) if "could not convert" not in str(err) else \
                 f"{thresholds!r} is not a comma list of numbers"
             raise typer.BadParameter(msg, param_hint="--thresholds") from None
-    loaded = load_run(run)
-    res = predict_maps(loaded, region=region, family=model, out=out, thresholds=cuts,
-                       prevalence=prevalence, progress=not quiet)
+    res = api.predict(run, region, out=out, model=model, thresholds=cuts,
+                      prevalence=prevalence, uncertainty=uncertainty, progress=not quiet)
     con = _console()
-    if out is None:  # maps inside the run folder: keep its report in step
-        from lsm.workflows.outputs import record_maps
-
-        con.print(f"report -> {record_maps(loaded, res)}")
-    t = Table("zone", "area", "landslides", "density ratio",
-              title=f"{res['region']} ({res['family']}): landslide density per zone")
-    for z in res["zone_statistics"]:
+    if res.report is not None:
+        con.print(f"report -> {res.report}")
+    units = "table" in res.files
+    t = Table("zone", "units" if units else "area", "landslides", "density ratio",
+              title=f"{res.region} ({res.model}): landslide density per zone")
+    for z in res.zone_statistics.to_dict(orient="records"):
         t.add_row(z["name"], f"{z['area_share']:.1%}", f"{z['landslide_share']:.1%}",
                   f"{z['density_ratio']:.2f}")
     con.print(t)
-    for k in ("probability", "zones", "probability_png", "zones_png"):
-        con.print(f"{k}: {res[k]}")
+    for k, p in res.files.items():
+        con.print(f"{k}: {p}")
 
 
 @app.command()
@@ -494,7 +514,7 @@ def explain(
                                               "\\[default: the run's best].")] = None,
     region: Annotated[str | None, typer.Option("--region", "-r", help="Raster region for "
                                                "--shap-maps \\[default: the run's].")] = None,
-    top: Annotated[int, typer.Option(help="Number of factors for --shap-maps.")] = 3,
+    top: Annotated[int, typer.Option(help="Number of factors for --shap-maps.", min=1)] = 3,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -504,21 +524,16 @@ def explain(
     the fine-tuned one: what the transfer changed.
     """
     _set_data_dir(data_dir)
-    from lsm.workflows.outputs import explain_run
-    from lsm.workflows.outputs import shap_maps as write_shap_maps
-    from lsm.workflows.runs import load_run
+    from lsm import api
 
-    loaded = load_run(run)
-    res = explain_run(loaded)
+    res = api.explain(run, shap_maps=shap_maps, model=model, region=region, top=top,
+                      progress=not quiet)
     con = _console()
-    for fam, e in res.items():
-        best = sorted(e["importance"].items(), key=lambda kv: -kv[1])[:5]
-        con.print(f"{fam}: " + ", ".join(f"{k} {v:.3f}" for k, v in best))
+    for fam, imp in res.importance.items():
+        con.print(f"{fam}: " + ", ".join(f"{k} {v:.3f}" for k, v in imp.head(5).items()))
     con.print(f"figures -> {run / 'figures'}/")
-    if shap_maps:
-        for p in write_shap_maps(loaded, family=model, region=region, top=top,
-                                 progress=not quiet):
-            con.print(f"SHAP map -> {p}")
+    for p in res.shap_maps:
+        con.print(f"SHAP map -> {p}")
 
 
 # ---------------------------------------------------------------------------
@@ -582,6 +597,71 @@ def run_pipeline(
 # ---------------------------------------------------------------------------
 
 
+@functools.cache
+def _click_command() -> Any:
+    """The click command behind :data:`app`, with plain flags showing no ``<bool>`` type."""
+    cmd = typer.main.get_command(app)
+    for sub in [cmd, *getattr(cmd, "commands", {}).values()]:
+        for param in sub.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        sub.get_help_option = _blank_metavar(sub.get_help_option)
+        if sub.help:
+            sub.help = _reflow(sub.help)
+    return cmd
+
+
+def _reflow(text: str) -> str:
+    """Join the hard-wrapped lines of each help paragraph (rich keeps single newlines, so a
+    docstring wrapped at 90 columns shows ragged 80-column help); list items and command
+    examples keep their own lines."""
+    import inspect
+    import re
+
+    text = inspect.cleandoc(text)
+    return re.sub(r"(?<=\S)\n(?!\n|\s*(?:[-*•]|lsm |\d+\.)\s)", " ", text)
+
+
+def _blank_metavar(get_help_option: Any) -> Any:
+    @functools.wraps(get_help_option)
+    def wrapped(ctx: Any) -> Any:
+        opt = get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    return wrapped
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an operating-system error: what happened, to which path."""
+    import errno
+
+    path = e.filename or ""
+    if e.filename2:
+        path = f"{path} -> {e.filename2}"
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system",
+            errno.EEXIST: "is a file, not a folder" if e.filename and Path(e.filename).is_file()
+            else "already exists",
+            errno.ENOTDIR: "not a folder (a file is in the way)",
+            errno.EISDIR: "is a folder, not a file", errno.ENOENT: "no such file or folder",
+            }.get(e.errno or -1) or (e.strerror or str(e)).lower()
+    return f"{what}: {path}" if path else f"{what} ({' '.join(str(e).split())})"
+
+
+def _where(e: BaseException) -> str:
+    """`` at module.py:line`` of the innermost lsm frame of ``e``'s traceback, or ''."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/lsm/" in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {Path(f.filename).name}:{f.lineno}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (tests call ``main([...])``).
 
@@ -595,6 +675,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    rc = 1
+    try:
+        rc = _dispatch(argv)
+    finally:
+        if "lsm.workflows.runs" in sys.modules:
+            from lsm.workflows.runs import release_claims
+
+            # the run folders this command held are free again; a refused or failed
+            # command leaves no empty run folder
+            release_claims(failed=rc != 0)
+    return rc
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from lsm.errors import LsmError
 
     # typer >= 0.2x ships its own copy of click; catch the exceptions it raises
@@ -607,7 +701,7 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         # without standalone mode typer turns Ctrl-C (and typer.Exit) into a returned code
-        rv = app(args=argv, prog_name="lsm", standalone_mode=False)
+        rv = _click_command()(args=argv, prog_name="lsm", standalone_mode=False)
     except typer.Exit as e:
         rv = e.exit_code
     except NoArgsIsHelpError as e:  # 'lsm' alone: help, as a usage error
@@ -625,6 +719,9 @@ def _main(argv: list[str] | None) -> int:
     except LsmError as e:
         _console(stderr=True).print(f"[red]error:[/] {e}", soft_wrap=True)
         return 2
+    except OSError as e:  # disk full, read-only folder, a path that is a file, ...
+        _console(stderr=True).print(f"error: {_os_error_line(e)}", soft_wrap=True, markup=False)
+        return 1
     except Exception as e:
         from pydantic import ValidationError
 
@@ -634,7 +731,14 @@ def _main(argv: list[str] | None) -> int:
             _console(stderr=True).print(f"[red]error:[/] {format_validation_error(e, 'option')}",
                                         soft_wrap=True)
             return 2
-        raise
+        if os.environ.get("LSM_DEBUG"):
+            raise
+        where = _where(e)
+        _console(stderr=True).print(
+            f"error: internal error {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            f"{where} (a bug in lsm: LSM_DEBUG=1 shows the traceback)",
+            soft_wrap=True, markup=False)
+        return 1
     if isinstance(rv, int) and not isinstance(rv, bool):
         if rv == _INTERRUPTED:
             _console(stderr=True).print("interrupted")

@@ -39,5 +39,9 @@ class SamplingError(LsmError):
     """Samples cannot be drawn as asked (too few points, no valid pixels, ...)."""
 
 
+class RunBusyError(LsmError):
+    """A run folder is being written by another lsm process."""
+
+
 class SchedulerError(LsmError):
     """The dask scheduler given by ``--scheduler`` / ``LSM_SCHEDULER`` cannot be used."""

@@ -469,13 +469,53 @@ def parse_region(data: Any, *, source: str = "<spec>", base_dir: Path | None = N
     return spec
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (where plain YAML
+    loaders keep the last one silently: a factor defined twice, ``name`` twice)."""
+
+
+def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode,
+                           deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+        except TypeError:  # an unhashable key: let the base constructor report it
+            break
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_no_duplicates)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text safely (no tags run code), refusing duplicate keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: Path) -> Any:
+    """Read a YAML file: one-line :class:`SpecError` if unreadable, not UTF-8 text, not
+    valid YAML, or holding a duplicate key."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a text (UTF-8) YAML file: byte {err.start} is "
+                        f"0x{err.object[err.start]:02x}") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a YAML file") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    if "\x00" in text:
+        raise SpecError(f"{path}: not a text YAML file (it holds NUL bytes)")
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -240,7 +240,8 @@ def parse_families(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in FAMILY_NAMES]
     if bad or not names:
-        raise ValueError(f"--model: unknown family {bad or text!r}; choose from "
+        what = ", ".join(repr(b) for b in bad) if bad else repr(text)
+        raise ValueError(f"unknown family {what}; choose from "
                          f"{', '.join(FAMILY_NAMES)} or 'all'")
     return names
 

@@ -55,8 +55,9 @@ class Grid:
 
     def describe(self) -> str:
         b = self.bounds
+        nd = 6 if self.crs.is_geographic else 1  # degrees need ~0.1 m of precision too
         return (f"{self.width} x {self.height} px at {self.res:g} {_unit(self.crs)}, "
-                f"{self.crs.to_string()}, bounds ({b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}, {b[3]:.1f})")
+                f"{self.crs.to_string()}, bounds ({', '.join(f'{v:.{nd}f}' for v in b)})")
 
 
 def _unit(crs: Any) -> str:
@@ -72,6 +73,11 @@ def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
     from rasterio.transform import from_origin
     from rasterio.warp import calculate_default_transform, transform_bounds
 
+    for name, info in infos.items():
+        if info.crs is None:
+            raise SpecError(f"{spec.where(f'factors.{name}')}.path: {info.path.name} has no "
+                            "CRS; every factor raster must carry one (the spec's 'crs' is the "
+                            "grid to build, not a guess for unreferenced files)")
     first = next(iter(infos.values()))
     crs = CRS.from_user_input(spec.crs) if spec.crs else first.crs
     if crs is None:
@@ -96,7 +102,42 @@ def _reference_grid(spec: RegionSpec, infos: dict[str, RasterInfo]) -> Grid:
         return Grid(crs, first.transform, first.width, first.height)
     width = max(1, math.ceil((bounds[2] - bounds[0]) / res - 1e-9))
     height = max(1, math.ceil((bounds[3] - bounds[1]) / res - 1e-9))
-    return Grid(crs, from_origin(bounds[0], bounds[3], res, res), width, height)
+    grid = Grid(crs, from_origin(bounds[0], bounds[3], res, res), width, height)
+    check_grid_size(grid, where=spec.where("resolution"))
+    return grid
+
+
+#: Bytes per pixel held in memory at once by a region's sampling step: the valid-pixel
+#: mask (1) and the flat indices of valid pixels absences are drawn from (8).
+BYTES_PER_PIXEL = 9
+
+
+def check_grid_size(grid: Grid, *, where: str, available: int | None = None) -> None:
+    """Refuse a grid whose sampling step cannot fit in memory, before allocating anything.
+
+    Stacks, statistics and maps stay lazy and chunked, but the valid-pixel mask and the
+    pool of absence candidates are whole-grid arrays. ``LSM_MAX_PIXELS`` overrides the
+    limit (a number of pixels).
+    """
+    import os
+
+    n = grid.width * grid.height
+    limit_env = os.environ.get("LSM_MAX_PIXELS")
+    if limit_env:
+        limit = int(float(limit_env))
+        why = f"LSM_MAX_PIXELS={limit_env}"
+    else:
+        import psutil
+
+        avail = psutil.virtual_memory().available if available is None else available
+        limit = int(0.5 * avail / BYTES_PER_PIXEL)
+        why = (f"about {n * BYTES_PER_PIXEL / 2**30:.1f} GiB needed to sample it, "
+               f"{avail / 2**30:.1f} GiB available")
+    if n > limit:
+        raise GridMismatchError(
+            f"{where}: the grid would be {grid.width:,} x {grid.height:,} px "
+            f"({n / 1e9:.2f} Gpx at {grid.res:g} {_unit(grid.crs)}), too large ({why}); "
+            "use a coarser resolution or an aoi")
 
 
 def _same_grid(info: RasterInfo, grid: Grid) -> bool:
@@ -191,8 +232,11 @@ def build_stack(spec: RegionSpec, *, chunks: int | None = None, progress: bool =
             raise SpecError(f"{where}.path: {info.path.name} has no CRS")
         band = band_index(info, src.band, where=f"{where}.band")
         if not _overlaps(info, grid):
+            first_name, first = next(iter(infos.items()))
+            origin = "" if spec.aoi is not None else \
+                f", taken from factors.{first_name}: {first.path.name}"
             raise GridMismatchError(f"{where}: {info.path.name} does not overlap the region's "
-                                    f"grid ({grid.describe()})")
+                                    f"grid ({grid.describe()}{origin})")
         categorical = spec.kind_of(name) == "categorical"
         da = _open_factor(info, band, grid, categorical=categorical, chunks=chunks)
         da = clean_values(da, src)

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from lsm.config.run import FinetuneConfig
 from lsm.config.spec import dump_region, load_region, parse_region
 from lsm.errors import ArtifactError, FactorMismatchError, SamplingError
 from lsm.evaluate.metrics import binary_metrics, paired_difference, summarize
-from lsm.io.artifacts import write_json
 from lsm.sampling.shots import draw_shots, holdout_mask
 from lsm.stack.features import design_matrix
 from lsm.transfer import adapt, finetune, finetune_auto
@@ -45,7 +45,7 @@ from lsm.transfer.select import fit_delivered
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
-from lsm.workflows.runs import Run, load_run, save_models, write_run_meta
+from lsm.workflows.runs import Run, claim_run_dir, load_run, write_run
 
 ARMS = ("source_only", "target_only", "stage1", "stage2")
 #: The row of the comparison that holds what the run delivers, beside the baselines a
@@ -119,6 +119,11 @@ def _scores(y: np.ndarray, p: np.ndarray, *, train_prev: float, prevalence: floa
     return m
 
 
+def run_dir(cfg: FinetuneConfig, source_region: str, target: str) -> Path:
+    """The run folder of a fine-tune from ``source_region`` to ``target``."""
+    return Path(cfg.out or Path("runs") / f"{source_region}-to-{target}-k{cfg.shots}")
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the comparison (or the production fit) and write the run; return the metrics."""
     ctx = _prepare(cfg)
@@ -161,6 +166,7 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
     families = [f for f in (cfg.models or run.models) if f != DELIVERED]
     norm = cfg.norm or run.norm
     tspec = load_region(cfg.target)
+    out = claim_run_dir(run_dir(cfg, run.region, tspec.name))
     target = load_region_data(tspec, progress=cfg.progress)
 
     factors, notes = shared_factors(run, target)
@@ -199,7 +205,6 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
                       source_stats=source_stats)
     has_xy = {"x", "y"} <= set(table.columns) and table[["x", "y"]].notna().all().all()
     xy = table[["x", "y"]].to_numpy(dtype=np.float64) if has_xy else None
-    out = Path(cfg.out or Path("runs") / f"{run.region}-to-{tspec.name}-k{cfg.shots}")
     continuous = tuple(f for f in schema.factors if schema.kinds[f] == "continuous")
     return _Setup(run, families, norm, tspec, target, factors, notes, models, retrained,
                   schema, source_stats, X, table["label"].to_numpy(), xy,
@@ -289,6 +294,7 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
     anchors: dict[str, list[dict[str, float]]] = {f: [] for f in families}
     choices: list[dict[str, Any]] = []
     stage2_r0: dict[str, Any] = {}
+    test_p: dict[str, np.ndarray] = {}  # repeat 0 on the hold-out, for the figures
 
     with progress_bar(f"fine-tuning on {k} shots", cfg.repeats * (len(families) + 1),
                       enabled=cfg.progress) as bar:
@@ -316,8 +322,10 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
                 arms["stage1"] = (s1, 0.5)
                 arms["stage2"] = (s2, 0.5)
                 for arm, (model, train_prev) in arms.items():
-                    per_repeat[fam][arm].append(score(model.predict_proba(X_test)[:, 1],
-                                                      train_prev))
+                    p_arm = model.predict_proba(X_test)[:, 1]
+                    per_repeat[fam][arm].append(score(p_arm, train_prev))
+                    if r == 0 and arm in ("source_only", "stage2"):
+                        test_p[f"{fam} {arm}"] = _map_scale(p_arm, train_prev, cfg.prevalence)
                 if r == 0:
                     stage2_r0[fam] = s2
                 bar.advance()
@@ -336,6 +344,7 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
             bar.advance()
 
     delivered_models: dict[str, Any] = dict(stage2_r0)
+    metrics_extra: dict[str, Any] = {}
     map_model: dict[str, Any] = {}
     if cfg.deliver:
         # the map: the same procedure on every labelled point outside the hold-out
@@ -343,10 +352,16 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
         model = _rebase(model, pool_prev)
         delivered_models[DELIVERED] = model
         p = model.predict_proba(X_test)[:, 1]
+        test_p = {"delivered (map model)": _map_scale(p, 0.5, cfg.prevalence), **test_p}
+        metrics_extra["_delivered_fit"] = (s.X.iloc[pool], s.y[pool], sel, pool_prev)
         map_model = {"trained_on": "all labelled points outside the hold-out",
                      "n": int(pool.size), "n_landslides": n_pos, **sel.to_dict(),
                      "holdout": score(p, 0.5)}
         _flag_relations(s, sel.relations, "the labelled points outside the hold-out")
+    metrics_extra["_test_predictions"] = (
+        pd.DataFrame({"label": y_test, **test_p}),
+        f"the {split} hold-out ({int(test.sum())} points): the delivered map model and each "
+        "family's source-only and stage-2 models of repeat 1, as the map shows them")
     arms_of = {f: ARMS for f in families} | {CHOSEN: CHOSEN_ARMS}
     metrics: dict[str, Any] = {
         "mode": "study", "source_run": str(s.run.path), "source_region": s.run.region,
@@ -366,6 +381,7 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
         "factor_relations": s.relations,
     }
     metrics["_shots_r0"] = shots_r0
+    metrics.update(metrics_extra)
     return metrics, delivered_models
 
 
@@ -391,6 +407,7 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
         f: {"source_only": []} for f in s.families}
     per_fold[CHOSEN] = {"delivered": []}
     choices = []
+    oof = np.full(n, np.nan)
     with progress_bar("nested cross-validation of the delivered model", n_folds + 1,
                       enabled=cfg.progress) as bar:
         for k in range(n_folds):
@@ -401,7 +418,8 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
                 continue
             model, sel = _deliver(cfg, s, tr, cfg.seed + k)
             Xv, yv = s.X.iloc[va], s.y[va]
-            per_fold[CHOSEN]["delivered"].append(binary_metrics(yv, model.predict_proba(Xv)[:, 1]))
+            oof[va] = model.predict_proba(Xv)[:, 1]
+            per_fold[CHOSEN]["delivered"].append(binary_metrics(yv, oof[va]))
             for f in s.families:
                 p = prior_shift(s.models[f].predict_proba(Xv)[:, 1], s.src_prev, prev)
                 per_fold[f]["source_only"].append(binary_metrics(yv, p))
@@ -434,19 +452,23 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
         "factor_relations": s.relations,
     }
     metrics["_shots_r0"] = np.arange(n)
+    done = np.isfinite(oof)
+    metrics["_test_predictions"] = (
+        pd.DataFrame({"label": s.y[done], "delivered (nested CV)": oof[done]}),
+        f"{how}: each point scored by the delivered procedure run without its fold")
+    metrics["_delivered_fit"] = (s.X, s.y, sel, prev)
     return metrics, {DELIVERED: model}
 
 
 def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
            models: dict[str, Any]) -> None:
-    out = s.out
-    out.mkdir(parents=True, exist_ok=True)
     shots_r0 = metrics.pop("_shots_r0")
-    save_models(out, models)
-    # the rows the saved family models were trained on (repeat 0's shots)
-    s.target.table.iloc[shots_r0].to_parquet(out / "training_table.parquet")
-    write_json(out / "metrics.json", metrics)
-    write_run_meta(out, {
+    from lsm.workflows.extras import collect
+
+    extras = collect(metrics, source_models=s.models if s.retrained else None)
+    # the table: the rows the saved family models were trained on (repeat 0's shots)
+    write_run(s.out, models=models, table=s.target.table.iloc[shots_r0], metrics=metrics,
+              meta={
         "command": cfg.command, "kind": "finetune", "region": s.tspec.name,
         "chain": list(s.run.meta.get("chain", [s.run.region])) + [s.tspec.name],
         "families": list(models), "schema": s.schema.to_dict(), "norm": s.norm,
@@ -456,7 +478,9 @@ def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
         "checksums": s.target.checksums, "source_run": str(s.run.path),
         "delivered": DELIVERED if DELIVERED in models else None,
         "spec": dump_region(s.tspec), "spec_file": str(s.tspec.source_file or s.tspec.name),
+        **extras.meta,
     })
+    extras.write(s.out)
 
 
 def _flag_relations(s: _Setup, relations: dict[str, dict[str, Any]], where: str) -> None:
@@ -470,6 +494,11 @@ def _flag_relations(s: _Setup, relations: dict[str, dict[str, Any]], where: str)
                "include the sources with these factors held at their mean.")
         s.notes.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _map_scale(p: np.ndarray, train_prev: float, prevalence: float | None) -> np.ndarray:
+    """Probabilities as a map shows them: shifted to ``--prevalence`` when given."""
+    return prior_shift(p, train_prev, prevalence) if prevalence else p
 
 
 def _rebase(model: Any, prevalence: float) -> Any:

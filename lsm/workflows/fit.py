@@ -15,12 +15,11 @@ import pandas as pd
 
 from lsm.config.run import FitConfig
 from lsm.config.spec import dump_region, load_region
-from lsm.io.artifacts import write_json
 from lsm.models.base import get_family
 from lsm.stack.features import FeatureSchema, design_matrix
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
-from lsm.workflows.runs import save_models, write_run_meta
+from lsm.workflows.runs import claim_run_dir, write_run
 
 
 def model_params(family: str, *, seed: int, device: str = "auto",
@@ -65,6 +64,11 @@ def fit_models(data: RegionData, schema: FeatureSchema, families: list[str], *, 
     return models
 
 
+def run_dir(cfg: FitConfig, region: str) -> Path:
+    """The run folder of a fit in ``region`` (several sources: their joined name)."""
+    return Path(cfg.out or Path("runs") / region)
+
+
 def run_fit(cfg: FitConfig) -> dict[str, Any]:
     """Pretrain, cross-validate and save source models; return the metrics."""
     from lsm.evaluate.cv import cross_validate
@@ -77,8 +81,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     factors = cfg.factors or spec.transfer_factor_names
     data = load_region_data(spec, progress=cfg.progress, factors=factors)
     schema = FeatureSchema.from_table(data.table, data.kinds)
-    out = Path(cfg.out or Path("runs") / spec.name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(run_dir(cfg, spec.name))
 
     X = train_matrix(data, schema, cfg.norm)
     y = data.table["label"].to_numpy()
@@ -101,10 +104,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
 
     models = fit_models(data, schema, list(cfg.models), norm=cfg.norm, seed=cfg.seed,
                         device=cfg.device, progress=cfg.progress, params=cfg.params)
-    save_models(out, models)
-    data.table.to_parquet(out / "training_table.parquet")
-    write_json(out / "metrics.json", metrics)
-    write_run_meta(out, {
+    write_run(out, models=models, table=data.table, metrics=metrics, meta={
         "command": cfg.command, "kind": "fit", "region": spec.name, "chain": [spec.name],
         "families": list(cfg.models),
         "schema": schema.to_dict(), "norm": cfg.norm, "stats": data.stats,
@@ -205,8 +205,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     y = table["label"].to_numpy()
     w = source_weights(regions, y)
     folds = table["fold"].to_numpy()
-    out = Path(cfg.out or Path("runs") / region)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(run_dir(cfg, region))
     split = " + ".join(f"{d.split} ({s.name})" for s, d in zip(specs, datas, strict=True))
     metrics: dict[str, Any] = {
         "region": region, "regions": [s.name for s in specs], "n": int(len(y)),
@@ -236,12 +235,9 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
             models[fam] = make_model(fam, seed=cfg.seed, device=cfg.device,
                                      params=cfg.params.get(fam)).fit(X, y, sample_weight=w)
             bar.advance()
-    save_models(out, models)
-    table.to_parquet(out / "training_table.parquet")
-    write_json(out / "metrics.json", metrics)
     checksums = {f"{s.name}:{k}": v for s, d in zip(specs, datas, strict=True)
                  for k, v in d.checksums.items()}
-    write_run_meta(out, {
+    write_run(out, models=models, table=table, metrics=metrics, meta={
         "command": cfg.command, "kind": "fit", "region": region, "chain": [region],
         "regions": [s.name for s in specs], "families": list(cfg.models),
         "schema": schema.to_dict(), "norm": cfg.norm, "stats": datas[0].stats,

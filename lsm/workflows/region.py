@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,12 +136,24 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
     else:
         require_columns(raw, [s.label], where=spec.where("samples.label"))
         labels = parse_labels(raw[s.label], where=f"{where} column {s.label!r}")
+    if len(raw) == 0:
+        raise DataError(f"{where}: the table has no rows (a header only?)")
+    if labels.min() == labels.max():
+        what = "landslides (1)" if labels[0] == 1 else "non-landslides (0)"
+        raise DataError(f"{where}: every one of its {len(labels)} rows is labelled {what}; a "
+                        "table region needs both classes")
     table = pd.DataFrame(index=pd.RangeIndex(len(raw)))
     has_xy = s.x is not None and s.y is not None
     if has_xy:
         require_columns(raw, [s.x, s.y], where=where)
-        table["x"] = pd.to_numeric(raw[s.x], errors="coerce").to_numpy("float64")
-        table["y"] = pd.to_numeric(raw[s.y], errors="coerce").to_numpy("float64")
+        for axis, col_name in (("x", s.x), ("y", s.y)):
+            v = numeric_column(raw[col_name], where=f"{where} column {col_name!r}")
+            if np.isnan(v).any():
+                i = int(np.flatnonzero(np.isnan(v))[0])
+                raise DataError(f"{where} column {col_name!r}: {int(np.isnan(v).sum())} rows "
+                                f"have no {axis} coordinate (first: row {i + 2} of the file); "
+                                "fill or remove them (spatial folds need every point)")
+            table[axis] = v
     for f in kinds:
         src = spec.factors[f]
         col = raw[src.column]
@@ -149,7 +162,7 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
                 col = clean_values(col, src)
             table[f] = category_names(col, src)
         else:
-            num = pd.to_numeric(col, errors="coerce")
+            num = numeric_column(col, where=f"{where} column {src.column!r}")
             table[f] = clean_values(num, src)
     table["label"] = labels
     if has_xy:
@@ -158,6 +171,37 @@ def _table_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> Re
     stats = table_statistics(table, kinds)
     table.attrs["crs"] = s.crs
     return RegionData(spec, table, stats, kinds, None, split, notes, checksums)
+
+
+#: Spellings of a missing value in text columns (any case, after stripping).
+MISSING_TEXT = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
+
+
+def numeric_column(col: pd.Series, *, where: str) -> np.ndarray:
+    """A table column as float64, with missing values as NaN.
+
+    A cell that is neither a number nor an obvious missing value (``NA``, empty, ...)
+    is an error naming the column, row and value (``'steep'``, ``'12,5'``), and so is an
+    infinite value: silently treating them as missing would change the samples.
+    """
+    num = pd.to_numeric(col, errors="coerce")
+    v = num.to_numpy(dtype="float64", na_value=np.nan)
+    if col.dtype == object or pd.api.types.is_string_dtype(col):
+        text = col.astype(str).str.strip()
+        bad = np.isnan(v) & col.notna().to_numpy() & \
+            ~text.str.lower().isin(MISSING_TEXT).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = text.iloc[i]
+            hint = " (a decimal comma? write 12.5)" if "," in value else ""
+            raise DataError(f"{where}: row {i + 2} of the file holds {value!r}, not a number"
+                            f"{hint}; {int(bad.sum())} such cell(s)")
+    inf = np.isinf(v)
+    if inf.any():
+        i = int(np.flatnonzero(inf)[0])
+        raise DataError(f"{where}: row {i + 2} of the file holds {v[i]!r}, not a finite "
+                        f"value; {int(inf.sum())} such cell(s)")
+    return v
 
 
 def _inventory(spec: RegionSpec, crs: Any, checksums: dict[str, str], progress: bool):
@@ -234,6 +278,8 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
     inv = _inventory(spec, grid.crs, checksums, progress)
     t, w, h = grid.transform, grid.width, grid.height
     valid = valid_mask(ds).compute().to_numpy()
+    if not valid.any():
+        _raise_no_valid_pixel(spec, ds)
 
     label_col = spec.inventory.label if spec.inventory else None
     detected = label_col is None
@@ -298,3 +344,21 @@ def _raster_region(spec: RegionSpec, kinds: dict[str, str], progress: bool) -> R
                                                             spec.factors.get(f))))
     table.attrs["crs"] = grid.crs.to_string()
     return RegionData(spec, table, stats, kinds, ds, split, notes, checksums)
+
+
+def _raise_no_valid_pixel(spec: RegionSpec, ds: Any) -> None:
+    """No pixel has every factor: name the factor(s) with no valid value at all."""
+    import dask
+
+    counts = dask.compute({f: ds[f].notnull().sum() for f in ds.data_vars})[0]
+    empty = [f for f, n in counts.items() if int(n) == 0]
+    if empty:
+        f = empty[0]
+        src = spec.factors.get(f)
+        ref = getattr(src, "path", None)
+        file = getattr(ref, "path", None) or getattr(ref, "name", None) or getattr(ref, "url", None)
+        path = f" ({Path(str(file)).name})" if file else ""
+        raise DataError(f"{spec.where(f'factors.{f}')}{path}: no valid value on the region's "
+                        "grid (all nodata, or outside valid_range)")
+    raise DataError(f"{spec.where('factors')}: no pixel has a valid value of every factor "
+                    "(their valid areas do not intersect)")

@@ -173,8 +173,56 @@ def verify_run(path: Path) -> None:
 
 
 # Run folders this process holds (path -> open lock file), so that a command which writes
-# a run and then its maps, in one process, takes the lock once.
+# a run and then its maps, in one process, takes the lock once; and those it created.
 _HELD: dict[str, Any] = {}
+_CREATED: set[str] = set()
+
+
+def release_claims(*, failed: bool = False) -> list[Path]:
+    """At the end of a command: release every run folder this process holds. After a
+    failure (``failed``), also remove those it created that hold nothing but the lock, so
+    that a refused command leaves no empty run folder behind."""
+    removed = []
+    for key, fh in list(_HELD.items()):
+        fh.close()
+        del _HELD[key]
+        p = Path(key)
+        if failed and key in _CREATED and p.is_dir() and \
+                {c.name for c in p.iterdir()} <= {_LOCK}:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    _CREATED.clear()
+    return removed
+
+
+_DEPTH = [0]
+
+
+def holds_run_folders(func: Any) -> Any:
+    """Decorator of a top-level command (API or CLI): the run folders it claims are
+    released when the outermost such call returns (and removed if it failed before
+    writing anything into a folder it created)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _DEPTH[0] += 1
+        failed = True
+        try:
+            out = func(*args, **kwargs)
+            failed = False
+            return out
+        finally:
+            _DEPTH[0] -= 1
+            if _DEPTH[0] == 0:
+                release_claims(failed=failed)
+
+    return wrapper
+
+
+def abandon_claims() -> list[Path]:
+    """:func:`release_claims` after a failed command."""
+    return release_claims(failed=True)
 
 
 def claim_run_dir(path: Path) -> Path:
@@ -194,6 +242,8 @@ def claim_run_dir(path: Path) -> Path:
     key = str(path.resolve())
     if key in _HELD:
         return path
+    if not path.exists():
+        _CREATED.add(key)
     path.mkdir(parents=True, exist_ok=True)
     fh = open(path / _LOCK, "a+")  # noqa: SIM115 - held until the process exits
     try:

@@ -293,6 +293,7 @@ def test_resume_after_crash_and_changed_input(tmp_path: Path,
     # 1: the second fine-tune crashes
     with monkeypatch.context() as m:
         calls = _count_calls(m, wp, fail_finetune=2)
+        m.setenv("LSM_DEBUG", "1")  # unexpected errors propagate (else: one line, exit 1)
         with pytest.raises(RuntimeError, match="simulated crash"):
             main(argv)
     assert calls == {"fit": 1, "finetune": 2}
