@@ -246,11 +246,15 @@ def build_stack(spec: RegionSpec, *, chunks: int | None = None, progress: bool =
         data[name] = da.rename(name)
 
     if spec.derive is not None:
-        from lsm.stack.terrain import derive_terrain
+        from lsm.io.raster_cache import cache_global
+        from lsm.stack.terrain import GLOBAL_FACTORS, derive_terrain
 
         dem = data[spec.derive.dem].rio.write_crs(grid.crs).rio.write_transform(grid.transform)
         todo = [f for f in spec.derive.factors if f not in data]
         for name, da in derive_terrain(dem, todo).items():
+            if name in GLOBAL_FACTORS:  # whole-grid routing: once, not once per dask pass
+                da = cache_global(da.rio.write_crs(grid.crs).rio.write_transform(grid.transform),
+                                  key=_derive_key(spec, infos[spec.derive.dem], grid), name=name)
             if aoi is not None:
                 da = da.where(aoi)
             da.attrs = {"kind": spec.kind_of(name), "source": f"derived from {spec.derive.dem}"}
@@ -260,6 +264,18 @@ def build_stack(spec: RegionSpec, *, chunks: int | None = None, progress: bool =
     ds = ds.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
     ds.attrs.update({"region": spec.name})
     return ds
+
+
+def _derive_key(spec: RegionSpec, dem: RasterInfo, grid: Grid) -> dict[str, Any]:
+    """Everything a derived factor depends on: the DEM file, its cleaning, grid and AOI."""
+    st = Path(dem.path).stat()
+    return {
+        "dem": str(Path(dem.path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "clean": spec.factors[spec.derive.dem].model_dump(mode="json") if spec.derive else None,
+        "aoi": spec.aoi.model_dump(mode="json") if spec.aoi is not None else None,
+        "crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
+        "shape": [grid.height, grid.width],
+    }
 
 
 def stack_grid(ds: xr.Dataset) -> Grid:

@@ -56,6 +56,10 @@ __all__ = [
 #: Names :func:`derive_terrain` understands.
 FACTORS: tuple[str, ...] = tuple(DERIVABLE_FACTORS)
 
+#: Factors computed from the whole grid at once (flow routing); ``build_stack``
+#: computes each once per stack through a cached GeoTIFF (``lsm.io.raster_cache``).
+GLOBAL_FACTORS: tuple[str, ...] = ("twi",)
+
 #: Below this gradient (rise over run) a cell is flat: aspect is NaN there and
 #: plan and profile curvature are 0.
 FLAT_GRADIENT = 1e-8

@@ -362,3 +362,37 @@ def test_tiny_region_fixture_stack(tiny_region: dict[str, Any]) -> None:
     np.testing.assert_allclose(nd[ok], tiny_region["ndvi"][ok], atol=1e-6)
     assert ok.sum() == nd.size - 9
     assert set(np.unique(ds.lithology.values)) == {1.0, 2.0, 3.0}
+
+
+def test_global_factor_is_computed_once_and_cached(tmp_path: Path, write_tif: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import lsm.stack.terrain as terrain
+
+    x, y = ref_centres()
+    dem = (0.05 * (x - X0) + 0.002 * (y - Y0) ** 1.0 + np.sin(x / 37.0)).astype("float32")
+    dem[:3, :3] = np.nan
+    write_tif(tmp_path / "dem.tif", dem, nodata=np.nan)
+    spec = spec_for(tmp_path, {"elevation": {"path": "dem.tif"}},
+                    derive={"dem": "elevation", "factors": ["slope", "twi"]})
+    calls = []
+    real = terrain._twi_numpy
+
+    def counting(z, **kw):
+        calls.append(z.shape)
+        return real(z, **kw)
+
+    monkeypatch.setattr(terrain, "_twi_numpy", counting)
+    ds = build_stack(spec, progress=False)
+    assert isinstance(ds.twi.data, dka.Array) and calls == []  # still lazy
+    first = ds.twi.values
+    assert valid_mask(ds).values.any()  # another pass over every block
+    assert ds.twi[5:20, 7:30].values.shape == (15, 23)
+    assert calls == [(NY, NX)]  # once, on the whole grid
+    again = build_stack(spec, progress=False).twi.values  # a new stack: the cached file
+    assert calls == [(NY, NX)]
+    ds_dem = build_stack(spec_for(tmp_path, {"elevation": {"path": "dem.tif"}}),
+                         progress=False).elevation
+    expected = terrain.twi(ds_dem.rio.write_crs(CRS)).values
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
+    assert ds.twi.attrs["kind"] == "continuous" and ds.twi.dtype == np.float32
