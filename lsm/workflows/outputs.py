@@ -37,7 +37,7 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
         outputs["maps"].append(maps)
         say(map_summary(maps))
     if explain:
-        outputs["explain"] = explain_run(run)
+        outputs["explain"] = explain_run(run, progress=progress)
         say(f"SHAP explanations -> {run.path / 'figures'}/")
     write_json(run.path / "outputs.json", outputs)
     from lsm.workflows.report_md import write_report
@@ -128,10 +128,15 @@ def evaluation_figures(run: Run) -> dict[str, str]:
     return out
 
 
-def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0) -> dict[str, Any]:
-    """SHAP per family: importance bar, beeswarm, and for fine-tuned runs the shift."""
-    from lsm.explain.plots import plot_beeswarm, plot_importance_bar, plot_importance_shift
-    from lsm.explain.shap_values import explain_model, factor_importance
+def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0,
+                progress: bool = False) -> dict[str, Any]:
+    """SHAP per family: importance bar, beeswarm, and for fine-tuned runs the shift.
+
+    ``n_explain`` rows of the training table are explained (a seeded sample),
+    against the explainer's background sample (``DEFAULT_BACKGROUND`` rows), so
+    the cost does not grow with the table; ``progress`` shows one step per family.
+    """
+    from lsm.workflows.progress import progress_bar
 
     figdir = run.path / "figures"
     figdir.mkdir(exist_ok=True)
@@ -142,25 +147,38 @@ def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0) -> dict[str, A
     sources = source_models(run) if run.meta["kind"] == "finetune" else None
     src_region = str(run.meta.get("chain", ["source"])[-2:][0])
     out: dict[str, Any] = {}
-    for fam, model in run.models.items():
-        res = explain_model(model, X, Xe, seed=seed)
-        imp = factor_importance(res)
-        entry = {"importance": {k: float(v) for k, v in imp.items()},
-                 "bar": str(plot_importance_bar(imp, figdir / f"shap_importance_{fam}.png",
-                                                f"{run.region}: factor importance ({fam})")),
-                 "beeswarm": str(plot_beeswarm(res, figdir / f"shap_beeswarm_{fam}.png",
-                                               f"{run.region}: SHAP values ({fam})"))}
-        if sources is not None and fam in sources:
-            src_model = sources[fam]
-            if list(getattr(src_model, "feature_names_in_", [])) == list(X.columns):
-                src_imp = factor_importance(explain_model(src_model, X, Xe, seed=seed))
-                entry["source_importance"] = {k: float(v) for k, v in src_imp.items()}
-                entry["shift"] = str(plot_importance_shift(
-                    src_imp, imp, figdir / f"shap_shift_{fam}.png",
-                    f"{fam}: what the transfer changed ({src_region} -> {run.region})"))
-        out[fam] = entry
+    with progress_bar(f"SHAP ({len(Xe)} rows explained)", len(run.models),
+                      enabled=progress) as bar:
+        for fam, model in run.models.items():
+            bar.describe(f"SHAP {fam} ({len(Xe)} rows explained)")
+            out[fam] = _explain_family(run, fam, model, X, Xe, sources, src_region, figdir,
+                                       seed)
+            bar.advance()
     write_json(run.path / "shap.json", out)
     return out
+
+
+def _explain_family(run: Run, fam: str, model: Any, X: Any, Xe: Any, sources: Any,
+                    src_region: str, figdir: Path, seed: int) -> dict[str, Any]:
+    from lsm.explain.plots import plot_beeswarm, plot_importance_bar, plot_importance_shift
+    from lsm.explain.shap_values import explain_model, factor_importance
+
+    res = explain_model(model, X, Xe, seed=seed)
+    imp = factor_importance(res)
+    entry = {"importance": {k: float(v) for k, v in imp.items()},
+             "bar": str(plot_importance_bar(imp, figdir / f"shap_importance_{fam}.png",
+                                            f"{run.region}: factor importance ({fam})")),
+             "beeswarm": str(plot_beeswarm(res, figdir / f"shap_beeswarm_{fam}.png",
+                                           f"{run.region}: SHAP values ({fam})"))}
+    if sources is not None and fam in sources:
+        src_model = sources[fam]
+        if list(getattr(src_model, "feature_names_in_", [])) == list(X.columns):
+            src_imp = factor_importance(explain_model(src_model, X, Xe, seed=seed))
+            entry["source_importance"] = {k: float(v) for k, v in src_imp.items()}
+            entry["shift"] = str(plot_importance_shift(
+                src_imp, imp, figdir / f"shap_shift_{fam}.png",
+                f"{fam}: what the transfer changed ({src_region} -> {run.region})"))
+    return entry
 
 
 def shap_maps(run: Run, *, family: str | None = None, region: str | None = None, top: int = 3,
