@@ -12,8 +12,14 @@ The totals of this battery are in the closing note of issue 9; each case is one 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,7 +463,7 @@ OPTION_CASES: dict[str, tuple[list[str], str]] = {
                       r"demo-target\.yaml.*(file|folder)"),
     "predict-out-is-a-file": (["predict", "--run", "runs/ft", "--out",
                                "demo/demo-target.yaml"],
-                              r"is a file.*demo-target\.yaml"),
+                              r"demo-target\.yaml: is a file"),
     "data-dir-missing": (["stack", "--region", "demo/demo-target.yaml", "--data-dir",
                           "nowhere"], r"nowhere"),
     "bad-norm": (["fit", "--source", "demo/demo-source.yaml", "--norm", "zscore", "--out",
@@ -471,3 +477,399 @@ def test_bad_option_value(case: str, world: Path, capsys: pytest.CaptureFixture[
     o = cli([*argv, "-q"], world, capsys)
     assert_clean_error(o, names=names)
     assert not (world / "runs" / "x").exists()
+
+
+# ---------------------------------------------------------------------------
+# artifacts
+
+
+class _Evil:
+    """Unpickling this creates the marker file: proof that a pickle ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _rehash(run: Path) -> None:
+    """What an attacker who knows the format does: recompute both manifests (sha256 is an
+    integrity check, not a signature), so only the loaders stand between file and code."""
+    from lsm.io.artifacts import write_manifest
+    from lsm.workflows.runs import _run_files
+
+    for d in (run / "model").iterdir():
+        files = [p for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"]
+        write_manifest(d, files)
+    write_manifest(run, _run_files(run))
+
+
+def _flip(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _art_flipped_byte(run: Path, marker: Path) -> str:
+    _flip(run / "model" / "xgb" / "model.ubj")
+    return r"model\.ubj.*checksum"
+
+
+def _art_truncated(run: Path, marker: Path) -> str:
+    p = run / "model" / "lr" / "coef.json"
+    p.write_bytes(p.read_bytes()[:40])
+    return r"coef\.json.*checksum"
+
+
+def _art_missing_run_manifest(run: Path, marker: Path) -> str:
+    (run / "manifest.json").unlink()
+    return r"src.*incomplete run"
+
+
+def _art_missing_family_manifest(run: Path, marker: Path) -> str:
+    (run / "model" / "lr" / "manifest.json").unlink()
+    return r"lr/manifest\.json.*missing"
+
+
+def _art_shifted_statistics(run: Path, marker: Path) -> str:
+    meta = json.loads((run / "model.json").read_text())
+    for st in meta["stats"].values():
+        if isinstance(st, dict) and "mean" in st and "std" in st:
+            st["mean"] = st["mean"] + 5 * st["std"]
+    (run / "model.json").write_text(json.dumps(meta))
+    return r"model\.json.*checksum"
+
+
+def _art_emptied_manifest_replaced_coef(run: Path, marker: Path) -> str:
+    (run / "model" / "lr" / "manifest.json").write_text('{"files": {}}')
+    coef = json.loads((run / "model" / "lr" / "coef.json").read_text())
+    (run / "model" / "lr" / "coef.json").write_text(json.dumps(coef).replace("0.", "0.9"))
+    return r"model/lr/.*checksum"
+
+
+def _art_model_from_another_run(run: Path, marker: Path) -> str:
+    other = run.parent / "ft" / "model" / "lr"
+    shutil.rmtree(run / "model" / "lr")
+    shutil.copytree(other, run / "model" / "lr")
+    return r"model/lr/.*(checksum|not part)"
+
+
+def _art_unlisted_file(run: Path, marker: Path) -> str:
+    (run / "model" / "xgb" / "extra.ubj").write_bytes(b"{}")
+    return r"extra\.ubj.*not part"
+
+
+def _art_pickle_in_npz(run: Path, marker: Path) -> str:
+    import io
+
+    arrays = dict(np.load(run / "model" / "rf" / "trees.npz"))
+    arrays["threshold"] = np.array([_Evil(marker)], dtype=object)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # an object array: stored as a pickle
+    (run / "model" / "rf" / "trees.npz").write_bytes(buf.getvalue())
+    _rehash(run)
+    return r"trees\.npz"
+
+
+def _art_malicious_torch(run: Path, marker: Path) -> str:
+    import torch
+
+    torch.save({"weights": _Evil(marker)}, run / "model" / "mlp" / "mlp.pt")
+    _rehash(run)
+    return r"mlp\.pt"
+
+
+def _art_garbage_ubjson(run: Path, marker: Path) -> str:
+    (run / "model" / "xgb" / "model.ubj").write_bytes(os.urandom(4096))
+    _rehash(run)
+    return r"model\.ubj"
+
+
+def _art_corrupt_ubjson_rehashed(run: Path, marker: Path) -> str:
+    p = run / "model" / "xgb" / "model.ubj"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    _rehash(run)
+    return r"model\.ubj"
+
+
+def _art_garbage_json_rehashed(run: Path, marker: Path) -> str:
+    (run / "model" / "lr" / "coef.json").write_text('{"coef": [1, 2')
+    _rehash(run)
+    return r"coef\.json"
+
+
+ARTIFACT_CASES = {
+    "flipped-byte": ("xgb", _art_flipped_byte),
+    "truncated": ("lr", _art_truncated),
+    "missing-run-manifest": ("lr", _art_missing_run_manifest),
+    "missing-family-manifest": ("lr", _art_missing_family_manifest),
+    "model-json-statistics-shifted": ("lr", _art_shifted_statistics),
+    "emptied-manifest-replaced-coef": ("lr", _art_emptied_manifest_replaced_coef),
+    "model-folder-from-another-run": ("lr", _art_model_from_another_run),
+    "unlisted-file": ("xgb", _art_unlisted_file),
+    "pickle-in-npz": ("rf", _art_pickle_in_npz),
+    "malicious-torch-pickle": ("mlp", _art_malicious_torch),
+    "garbage-ubjson": ("xgb", _art_garbage_ubjson),
+    "truncated-ubjson-rehashed": ("xgb", _art_corrupt_ubjson_rehashed),
+    "garbage-json-rehashed": ("lr", _art_garbage_json_rehashed),
+}
+
+
+@pytest.mark.parametrize("case", list(ARTIFACT_CASES))
+def test_bad_artifact(case: str, world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    family, attack = ARTIFACT_CASES[case]
+    marker = world / MARKER
+    names = attack(world / "runs" / "src", marker)
+    o = cli(["predict", "--run", "runs/src", "--model", family, "--out", "maps", "-q"], world,
+            capsys)
+    assert_clean_error(o, names=names)
+    assert not marker.exists(), "a pickle in a model file ran code"
+    assert not (world / "maps").exists()
+
+
+def test_untouched_run_predicts(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The control of the artifact cases: the same command on the intact run works."""
+    o = cli(["predict", "--run", "runs/src", "--model", "rf", "--out", "maps", "-q"], world,
+            capsys, allowed=("maps/",))
+    assert o.rc == 0, o.err
+    assert list((world / "maps").glob("*_probability.tif"))
+    assert not o.changed and not no_temp_files(world)
+
+
+# ---------------------------------------------------------------------------
+# faults: disk full, read-only folders, concurrent runs, SIGINT and SIGKILL
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Any:
+    """``small_fs(size)`` mounts a tmpfs of ``size`` (e.g. "8m") and returns its path;
+    unmounted after the test. Skips where mounting is not allowed (not root, no tmpfs)."""
+    mounts: list[Path] = []
+
+    def make(size: str, name: str = "fs") -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or r.returncode})")
+        mounts.append(d)
+        return d
+
+    yield make
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def _fill(fs: Path, leave: int) -> None:
+    """Fill ``fs`` until about ``leave`` bytes are free."""
+    free = shutil.disk_usage(fs).free
+    if free > leave:
+        with open(fs / "ballast.bin", "wb") as fh:
+            fh.truncate(0)
+            chunk = b"\0" * (1 << 16)
+            todo = free - leave
+            while todo > 0:
+                fh.write(chunk[: min(len(chunk), todo)])
+                todo -= len(chunk)
+
+
+def _read_map(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_disk_full_keeps_the_previous_map(world: Path, small_fs: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """predict replacing an existing map on a nearly full disk: one line 'no space left
+    on device: PATH', exit 1, the previous map intact and readable, no temp files."""
+    fs = small_fs("24m")
+    out = fs / "maps"
+    o = cli(["predict", "--run", "runs/src", "--model", "lr", "--out", str(out), "-q"], world,
+            capsys)
+    assert o.rc == 0, o.err
+    prob = next(out.glob("*_probability.tif"))
+    good = _read_map(prob)
+    before = tree(out)
+    _fill(fs, 60_000)
+    # the same maps again, at another prevalence: every file would change
+    o = cli(["predict", "--run", "runs/src", "--model", "lr", "--prevalence", "0.1", "--out",
+             str(out), "-q"], world, capsys)
+    assert_clean_error(o, names=r"no space left on device: .*maps", rc=1)
+    np.testing.assert_array_equal(_read_map(prob), good)
+    after = tree(out)
+    assert {k: after.get(k) for k in before} == before, "a failed write changed a file"
+    assert not no_temp_files(out)
+
+
+def test_disk_full_during_fit_leaves_no_run(world: Path, small_fs: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fs = small_fs("4m")
+    _fill(fs, 150_000)
+    o = cli(["fit", "--source", "demo/demo-source.yaml", "--model", "xgb", "--no-cv",
+             "--no-explain", "--no-predict", "--out", str(fs / "run"), "-q"], world, capsys)
+    assert_clean_error(o, names=r"no space left on device: .*run", rc=1)
+    left = [p for p in fs.rglob("*") if p.name not in ("ballast.bin",)]
+    assert left == [] or [p.name for p in left] == ["run"] and not any(
+        (fs / "run").iterdir()), left
+
+
+@pytest.mark.parametrize("command", ["predict", "fit"])
+def test_read_only_out_is_one_line(command: str, world: Path, small_fs: Any,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fs = small_fs("4m")
+    (fs / "ro").mkdir()
+    r = subprocess.run(["mount", "-o", "remount,ro", str(fs)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+    out = fs / "ro" / "new"
+    argv = (["predict", "--run", "runs/src", "--model", "lr", "--out", str(out), "-q"]
+            if command == "predict" else
+            ["fit", "--source", "demo/demo-source.yaml", "--model", "lr", "--no-cv", "--out",
+             str(out), "-q"])
+    o = cli(argv, world, capsys)
+    assert_clean_error(o, names=r"read-only file system: .*ro/new", rc=1)
+
+
+def test_concurrent_run_on_one_out_is_refused(world: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process holds runs/src (as a running fit or predict does): a second command
+    on it stops at once with one line naming the folder and the other process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from lsm.workflows.runs import claim_run_dir\n"
+         "claim_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+         str(world / "runs" / "src")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        o = cli(["fit", "--source", "demo/demo-source.yaml", "--model", "lr", "--no-cv",
+                 "--out", "runs/src", "-q"], world, capsys)
+        assert_clean_error(o, names=rf"runs/src: in use by another lsm process \(pid "
+                                    rf"{holder.pid}\)")
+        o = cli(["predict", "--run", "runs/src", "--model", "lr", "-q"], world, capsys)
+        assert_clean_error(o, names=r"runs/src: in use by another lsm process")
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the other process is gone the folder is free again
+    o = cli(["predict", "--run", "runs/src", "--model", "lr", "-q"], world, capsys,
+            allowed=("runs/src/",))
+    assert o.rc == 0, o.err
+
+
+def _lsm(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lsm.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen[str], timeout: float) -> bool:
+    """Poll ``pred`` until true, the process ends, or ``timeout`` (a safety net, not a
+    timing assert)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_signal_during_predict_then_rerun(sig: signal.Signals, world: Path) -> None:
+    """A signal while the map is being written: SIGINT exits 130 with 'interrupted' and
+    leaves no temp file; SIGKILL may leave one, which the next run removes. Either way the
+    previous map stays readable and the rerun writes the same map as an undisturbed run."""
+    base = ["predict", "--run", "runs/src", "--model", "xgb", "--out", "maps", "-q"]
+    first = _lsm(base, world)
+    assert first.wait() == 0, first.stderr.read() if first.stderr else ""
+    prob = next((world / "maps").glob("*_probability.tif"))
+    good = _read_map(prob)
+
+    proc = _lsm(base, world)
+    _wait_for(lambda: any(".tmp-" in p.name for p in (world / "maps").iterdir()), proc, 120)
+    os.killpg(proc.pid, sig)
+    rc = proc.wait()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in err
+    if sig == signal.SIGINT:
+        assert rc in (130, 0), err  # 0: it finished before the signal landed
+        if rc == 130:
+            assert "interrupted" in err
+            assert not no_temp_files(world / "maps"), "SIGINT left temp files"
+    else:
+        assert rc == -signal.SIGKILL
+    np.testing.assert_array_equal(_read_map(prob), good)  # old or complete new: never half
+
+    rerun = _lsm(base, world)
+    assert rerun.wait() == 0, rerun.stderr.read() if rerun.stderr else ""
+    assert not no_temp_files(world / "maps"), "stale temp files survived the rerun"
+    np.testing.assert_array_equal(_read_map(prob), good)
+
+
+def test_sigkill_during_lsm_run_then_resume(world: Path) -> None:
+    """SIGKILL while a pipeline runs: the rerun reuses the finished steps, redoes the
+    interrupted one, and ends with the same step outputs as an undisturbed run."""
+    pipe = world / "tiny.yaml"
+    pipe.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "studies": [{"kind": "shots", "source": "demo/demo-source.yaml",
+                     "targets": ["demo/demo-target.yaml"], "models": ["lr"],
+                     "shots": [5, 10], "repeats": 1}]}))
+    args = ["run", str(pipe), "--out", "pipe", "-q"]
+    proc = _lsm(args, world)
+    first_step = lambda: any((world / "pipe" / "steps").glob("*/step.json")) \
+        if (world / "pipe" / "steps").exists() else False  # noqa: E731
+    _wait_for(first_step, proc, 600)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent.name for p in (world / "pipe" / "steps").glob("*/step.json")}
+
+    rerun = _lsm(args, world)
+    out, err = rerun.communicate()
+    assert rerun.returncode == 0, err[-2000:]
+    meta = json.loads((world / "pipe" / "pipeline.json").read_text())
+    status = {s["name"]: s["status"] for s in meta["steps"]}
+    assert all(status[name] == "reused" for name in done_before), (done_before, status)
+    assert all(st in ("ran", "reused") for st in status.values()), status
+    assert not no_temp_files(world / "pipe")
+
+
+# ---------------------------------------------------------------------------
+# help texts
+
+
+@pytest.mark.parametrize("command", ["fit", "finetune", "predict", "explain", "run", "stack"])
+def test_help_has_no_type_noise(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "<bool>" not in text
+    assert "--help" in text
+
+
+def test_unknown_family_names_the_option_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--model", "svm"]) == 2
+    err = capsys.readouterr().err
+    assert "'svm'" in err and err.count("--model") == 1 + err.count("lsm fit --help")
+
+
+def test_regions_descriptions_end_on_a_word(capsys: pytest.CaptureFixture[str]) -> None:
+    from lsm.config.spec import builtin_regions, builtin_spec_dir, load_yaml
+
+    assert main(["regions"]) == 0
+    raw = capsys.readouterr().out
+    text = " ".join(raw.split())
+    for name in builtin_regions():
+        p = builtin_spec_dir() / f"{name}.yaml"
+        if not p.exists():
+            continue
+        words = str(load_yaml(p).get("description", "")).split()
+        shown = " ".join(words[:6])
+        assert shown[:40] in text
+    # a cut description ends with a whole word and an ellipsis, never half a word
+    cut = [ln for ln in raw.splitlines() if "…" in ln]
+    assert cut, "expected at least one long description to be shortened"
+    assert all(" …" in ln for ln in cut), cut

@@ -46,6 +46,43 @@ def chmod_default(path: str | os.PathLike[str]) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def with_path(exc: BaseException, path: str | os.PathLike[str]) -> BaseException | None:
+    """An ``OSError`` naming ``path`` for a failed write of ``path``, or None to re-raise
+    ``exc`` as it is.
+
+    Python's and GDAL's write errors often name no file (``[Errno 28] No space left on
+    device``); the user needs to know which output could not be written. A GDAL error
+    whose text says the disk is full becomes ``OSError(ENOSPC)`` too.
+    """
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.filename:
+        return None
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        text = str(e).lower()
+        if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in text or \
+                "free disk space" in text or "disk full" in text:
+            return OSError(errno.ENOSPC, "No space left on device", str(path))
+    if isinstance(exc, OSError):
+        # GDAL write errors (rasterio's RasterioIOError) carry no errno: a full disk is
+        # the usual cause when almost nothing is left
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+        except OSError:
+            full = False
+        if full:
+            return OSError(errno.ENOSPC, "No space left on device", str(path))
+        if exc.errno:
+            return OSError(exc.errno, exc.strerror or str(exc), str(path))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` when the block ends.
@@ -66,8 +103,11 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
         chmod_default(tmp)
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        named = with_path(exc, path)
+        if named is not None:
+            raise named from exc
         raise
 
 

@@ -48,7 +48,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import xarray as xr
 
-from lsm.io.artifacts import chmod_default
+from lsm.io.artifacts import chmod_default, with_path
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -324,10 +324,13 @@ class _RasterJob:
                 placed.append(dst)
             chmod_default(final)
             os.replace(final, self.path)
-        except BaseException:
+        except BaseException as exc:
             # Sidecars already moved into place describe a file that never came.
             for tmp in [*temps, *placed]:
                 _remove(tmp)
+            named = with_path(exc, self.path)  # disk full: say which map
+            if named is not None:
+                raise named from exc
             raise
 
     def _write_stage(self, stage: Path) -> None:

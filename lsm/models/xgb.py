@@ -173,9 +173,10 @@ def load_booster(path: Path) -> Any:
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
-    except xgb.core.XGBoostError as err:
+    except (xgb.core.XGBoostError, UnicodeDecodeError, ValueError) as err:
+        # random bytes can also fail while xgboost decodes its own error text
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ArtifactError(f"{path}: not a readable XGBoost model ({first})") from None
+        raise ArtifactError(f"{path}: not a readable XGBoost model ({first[:200]})") from None
     return booster
 
 

@@ -211,6 +211,12 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
     is written beside the probabilities (0: none; None: the default of
     :func:`lsm.workflows.uncertainty.default_replicates`).
     """
+    from lsm.workflows.runs import claim_run_dir
+
+    # one process writes a folder at a time (a map of a run being re-fitted, two predicts
+    # into one --out); a run read from read-only storage is fine with --out elsewhere
+    inside = out is None or Path(out).resolve().is_relative_to(run.path.resolve())
+    claim_run_dir(run.path if inside else Path(out))
     spec = load_region(region) if region else _run_spec(run)
     kw = dict(family=family, out=out, thresholds=thresholds, prevalence=prevalence,
               uncertainty=uncertainty, progress=progress)

@@ -32,7 +32,14 @@ import pandas as pd
 
 from lsm.config.spec import check_name
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import MANIFEST, read_json, sha256_file, write_json, write_manifest
+from lsm.io.artifacts import (
+    MANIFEST,
+    read_json,
+    sha256_file,
+    with_path,
+    write_json,
+    write_manifest,
+)
 from lsm.stack.features import FeatureSchema
 
 MODEL_JSON = "model.json"
@@ -270,13 +277,17 @@ def clean_stale(path: Path) -> list[Path]:
     ``.<name>.tmp-*`` files of interrupted atomic writes (at any depth). Call it only on a
     folder this process holds (:func:`claim_run_dir`)."""
     removed = []
-    for p in list(Path(path).glob(f"{_STAGING}*")) + list(Path(path).glob(f"{_OLD}*")):
+    path = Path(path)
+    for p in list(path.glob(f"{_STAGING}*")) + list(path.glob(f"{_OLD}*")):
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
-    for p in Path(path).rglob(".*.tmp-*"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    # the folder itself and the ones lsm writes into (not a user's whole tree)
+    for d in (path, *(path / s for s in ("maps", "figures", "model", "source_model"))):
+        if d.is_dir():
+            for p in d.glob(".*.tmp-*"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
     return removed
 
 
@@ -299,6 +310,11 @@ def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
         write_run_meta(stage, meta)
         write_manifest(stage, _run_files(stage))
         _commit(stage, path)
+    except BaseException as exc:
+        named = with_path(exc, path)  # disk full while staging: name the run folder
+        if named is not None:
+            raise named from exc
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return path
