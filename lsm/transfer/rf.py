@@ -22,8 +22,8 @@ Stage 2, :func:`finetune_rf`: new trees grown on the shots are appended to the
 forest; all trees weigh the same, so the share of the new ones is
 ``n_new / (n_source + n_new)``.  By default ``n_new`` grows with the number
 of shots, ``n_source * n_shots / source_weight`` (``source_weight = 500``:
-the source forest counts as 500 target shots), so 20 shots add 12 trees to
-a 300-tree forest and 200 shots add 120.
+the source forest counts as 500 target shots), so 20 shots add 4 trees to
+a 100-tree forest and 200 shots add 40.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def finetune_rf(model: Any, X: Any, y: Any, *, source: Any = None,
                                    random_state=random_state)
     grown.fit(X, y01.astype(np.intp))
     # the kept trees are shared, not copied: no stage ever changes a tree in place
-    # (adapt_rf writes leaf values into its own deep copy), and copying 300 deep
+    # (adapt_rf writes leaf values into its own deep copy), and copying a hundred deep
     # trees costs more than growing the new ones
     out = copy.copy(model)
     out.forest_ = copy.copy(model.forest_)

@@ -108,7 +108,7 @@ SPACES = {"xgb": _space_xgb, "rf": _space_rf, "lr": _space_lr, "mlp": _space_mlp
 DEFAULT_POINTS: dict[str, dict[str, Any]] = {
     "xgb": {"n_estimators": 300, "max_depth": 4, "learning_rate": 0.05, "subsample": 0.8,
             "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0},
-    "rf": {"n_estimators": 300, "max_depth": None, "min_samples_leaf": 2,
+    "rf": {"n_estimators": 100, "max_depth": None, "min_samples_leaf": 2,
            "max_features": "sqrt"},
     "lr": {"C": 1.0, "class_weight": None},
     "mlp": {"n_layers": 2, "units_l0": 64, "units_l1": 32, "dropout": 0.1,
