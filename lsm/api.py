@@ -544,7 +544,8 @@ def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong",
 def predict(run: Run | str | Path, region: str | Path | None = None, *,
             out: str | Path | None = None, model: str | None = None,
             thresholds: Sequence[float] | None = None, prevalence: float | None = None,
-            uncertainty: int | None = None, progress: bool = False) -> MapResult:
+            uncertainty: int | None = None, force_zones: bool = False,
+            progress: bool = False) -> MapResult:
     """Map a region with a run's model (``lsm predict``).
 
     A raster region gets a probability COG, a zones GeoTIFF, PNG quick-looks
@@ -571,6 +572,9 @@ def predict(run: Run | str | Path, region: str | Path | None = None, *,
         Bootstrap refits behind the uncertainty layer (std of P per pixel or unit);
         0 turns it off.  Default: 10 for a fine-tune run's delivered model, none
         otherwise.
+    force_zones : bool
+        Write the zones even when the run's fine-tune found no skill above chance
+        (by default they are withheld then, with a warning).
     progress : bool
         Progress bars.
 
@@ -598,7 +602,8 @@ def predict(run: Run | str | Path, region: str | Path | None = None, *,
         cuts = validate_thresholds(list(thresholds))
     res = predict_region(r, region=str(region) if region is not None else None, family=model,
                          out=Path(out) if out is not None else None, thresholds=cuts,
-                         prevalence=prevalence, uncertainty=uncertainty, progress=progress)
+                         prevalence=prevalence, uncertainty=uncertainty, progress=progress,
+                         force_zones=force_zones)
     report = None
     if out is None:  # maps inside the run folder: keep its report in step
         from lsm.workflows.outputs import record_maps
@@ -675,7 +680,7 @@ def run_pipeline(pipeline: str | Path | Any, *, out: str | Path | None = None,
     pipeline : str, pathlib.Path or PipelineConfig
         A pipeline YAML file (see ``pipelines/``) or a loaded config.
     out : str or pathlib.Path, optional
-        Results folder (default: the pipeline's ``out``).
+        Results folder (default: the pipeline's ``out``, or ``runs/pipelines/<name>``).
     repeats : int, optional
         Override every study's repeats (quick checks).
     force : bool

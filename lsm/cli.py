@@ -462,6 +462,10 @@ def predict(
                                                     "or unit); 0: none \\[default: 10 for a "
                                                     "delivered model, else none].",
                                                     min=0)] = None,
+    force_zones: Annotated[bool, typer.Option("--force-zones", help="Write the zones even "
+                                              "when the run's fine-tune found no skill "
+                                              "above chance (withheld by default then).")
+                           ] = False,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -489,7 +493,8 @@ def predict(
                 f"{thresholds!r} is not a comma list of numbers"
             raise typer.BadParameter(msg, param_hint="--thresholds") from None
     res = api.predict(run, region, out=out, model=model, thresholds=cuts,
-                      prevalence=prevalence, uncertainty=uncertainty, progress=not quiet)
+                      prevalence=prevalence, uncertainty=uncertainty,
+                      force_zones=force_zones, progress=not quiet)
     con = _console()
     if res.report is not None:
         con.print(f"report -> {res.report}")
@@ -499,7 +504,8 @@ def predict(
     for z in res.zone_statistics.to_dict(orient="records"):
         t.add_row(z["name"], f"{z['area_share']:.1%}", f"{z['landslide_share']:.1%}",
                   f"{z['density_ratio']:.2f}")
-    con.print(t)
+    if len(res.zone_statistics):
+        con.print(t)
     for k, p in res.files.items():
         con.print(f"{k}: {p}")
 
@@ -559,7 +565,9 @@ def run_pipeline(
     pipeline: Annotated[Path | None, typer.Argument(help="Pipeline YAML (see pipelines/).",
                                                     show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (default: the pipeline's "
-                                             "'out', or results/<name>).")] = None,
+                                             "'out', or runs/pipelines/<name>; --out "
+                                             "results/<name> regenerates the published "
+                                             "results).")] = None,
     repeats: Annotated[int | None, typer.Option(help="Override every study's repeats (quick "
                                                 "checks).", min=1)] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every step, even those already "
@@ -572,7 +580,8 @@ def run_pipeline(
     """Run a pipeline of fits and fine-tunes; resumes where an interrupted run stopped.
 
     Steps whose inputs are unchanged since they completed are skipped. Writes
-    <out>/results.csv (+ .parquet), summary.csv, summary.md, figures/ and pipeline.json.
+    <out>/results.csv (+ .parquet), summary.csv, summary.md, figures/ and pipeline.json
+    (<out> defaults to runs/pipelines/<name>, which git ignores).
     """
     if template:
         from lsm.config.pipeline import pipeline_template

@@ -46,6 +46,7 @@ from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
 from lsm.workflows.runs import Run, claim_run_dir, load_run, write_run
+from lsm.workflows.verdict import skill_check, verdicts
 
 ARMS = ("source_only", "target_only", "stage1", "stage2")
 #: The row of the comparison that holds what the run delivers, beside the baselines a
@@ -131,6 +132,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         metrics, delivered_models = _production(cfg, ctx)
     else:
         metrics, delivered_models = _study(cfg, ctx)
+    metrics["verdicts"] = verdicts(metrics)
+    metrics["skill"] = skill_check(metrics)
+    if metrics["skill"]["near_chance"]:
+        warnings.warn(metrics["skill"]["message"], UserWarning, stacklevel=2)
     _write(cfg, ctx, metrics, delivered_models)
     return metrics
 

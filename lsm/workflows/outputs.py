@@ -56,8 +56,9 @@ def map_summary(maps: dict[str, Any]) -> str:
                           if k in maps)
         return (f"unit predictions -> {Path(maps['table']).parent}/ ({maps['family']}: "
                 f"probability and zone per unit, {files}{unc})")
+    zones = "zones withheld (no skill), " if maps.get("zones_withheld") else "zones GeoTIFF, "
     return (f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
-            f"zones GeoTIFF, PNG quick-looks{unc})")
+            f"{zones}PNG quick-looks{unc})")
 
 
 def source_models(run: Run) -> dict[str, Any] | None:

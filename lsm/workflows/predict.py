@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 
 from lsm.config.spec import RegionSpec, load_region
 from lsm.errors import FactorMismatchError, SpecError
-from lsm.io.artifacts import write_json
+from lsm.io.artifacts import read_json, write_json
 from lsm.stack.clean import name_categories
 from lsm.stack.features import design_matrix
 from lsm.transfer.prior import prior_shift
@@ -54,8 +55,11 @@ def make_predict_fn(run: Run, family: str, spec: RegionSpec, region_stats: dict[
 def predict_maps(run: Run, *, region: str | None = None, family: str | None = None,
                  out: Path | None = None, thresholds: list[float] | None = None,
                  prevalence: float | None = None, uncertainty: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, force_zones: bool = False) -> dict[str, Any]:
     """Write probability COG, zones GeoTIFF, quick-looks and zone statistics.
+
+    The zones are withheld (with a warning) when the run's fine-tune found no skill
+    above chance (:func:`zones_withheld`), unless ``force_zones``.
 
     ``uncertainty``: bootstrap refits behind the uncertainty COG written beside the
     probabilities (0: none; None: :func:`lsm.workflows.uncertainty.default_replicates`).
@@ -95,29 +99,39 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     chunks = {"band": 1, "y": 1024, "x": 1024}
     prob_disk = rioxarray.open_rasterio(prob_path, masked=True, chunks=chunks).squeeze(
         "band", drop=True)
-    zones, cuts = classify_zones(prob_disk, thresholds=thresholds)
-    zones_path = out / f"{stem}_zones.tif"
-    write_zones_geotiff(zones, zones_path, names=ZONE_NAMES, colors=ZONE_COLORS)
-
     table = data.table
     ls = table[table["label"] == 1]
-    zstats = zone_statistics(zones, ls["row"].to_numpy(), ls["col"].to_numpy())
     pts = (ls["x"].to_numpy(), ls["y"].to_numpy())
     elev = data.stack["elevation"] if "elevation" in data.stack else None
     png_p = quicklook_png(prob_disk, out / f"{stem}_probability.png", kind="probability",
                           hillshade_from=elev, points=pts,
                           title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)")
-    zones_disk = rioxarray.open_rasterio(zones_path, chunks=chunks).squeeze("band", drop=True)
-    png_z = quicklook_png(zones_disk, out / f"{stem}_zones.png", kind="zones",
-                          hillshade_from=elev, points=pts,
-                          title=f"{spec.name}: susceptibility zones, {family}")
+    withheld = zones_withheld(run, force_zones)
+    zone_files: dict[str, Any] = {"zones_withheld": withheld}
+    cuts: list[float] = []
+    zstats = pd.DataFrame()
+    if withheld is None:
+        zones, cuts = classify_zones(prob_disk, thresholds=thresholds)
+        zones_path = out / f"{stem}_zones.tif"
+        write_zones_geotiff(zones, zones_path, names=ZONE_NAMES, colors=ZONE_COLORS)
+        zstats = zone_statistics(zones, ls["row"].to_numpy(), ls["col"].to_numpy())
+        zones_disk = rioxarray.open_rasterio(zones_path, chunks=chunks).squeeze("band",
+                                                                               drop=True)
+        png_z = quicklook_png(zones_disk, out / f"{stem}_zones.png", kind="zones",
+                              hillshade_from=elev, points=pts,
+                              title=f"{spec.name}: susceptibility zones, {family}")
+        zone_files = {"zones": str(zones_path), "zones_png": str(png_z)}
+    else:
+        warnings.warn(withheld, UserWarning, stacklevel=2)
+        _remove_stale(out, stem, ("_zones.tif", "_zones.png", "_zones.qml",
+                                  "_zones.tif.aux.xml"))
     rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png")
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
                            replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
     result = {
         **rates, **unc,
         "region": spec.name, "family": family, "probability": str(prob_path),
-        "zones": str(zones_path), "probability_png": str(png_p), "zones_png": str(png_z),
+        **zone_files, "probability_png": str(png_p),
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
         "quantile", "zone_statistics": zstats.to_dict(orient="records"),
         "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
@@ -203,7 +217,7 @@ def _best_family(run: Run) -> str:
 def predict_region(run: Run, *, region: str | None = None, family: str | None = None,
                    out: Path | None = None, thresholds: list[float] | None = None,
                    prevalence: float | None = None, uncertainty: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, force_zones: bool = False) -> dict[str, Any]:
     """Maps of a raster region (:func:`predict_maps`) or unit tables of a table region
     (:func:`predict_units`), whichever ``region`` (default: the run's) is.
 
@@ -219,7 +233,7 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
     claim_run_dir(run.path if inside else Path(out))
     spec = load_region(region) if region else _run_spec(run)
     kw = dict(family=family, out=out, thresholds=thresholds, prevalence=prevalence,
-              uncertainty=uncertainty, progress=progress)
+              uncertainty=uncertainty, progress=progress, force_zones=force_zones)
     if spec.is_table:
         return predict_units(run, spec=spec, **kw)
     return predict_maps(run, region=region, **kw)
@@ -268,7 +282,8 @@ UNIT_COLUMNS = ("unit", "x", "y", "label", "probability", "zone", "zone_name")
 def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | None = None,
                   family: str | None = None, out: Path | None = None,
                   thresholds: list[float] | None = None, prevalence: float | None = None,
-                  uncertainty: int | None = None, progress: bool = True) -> dict[str, Any]:
+                  uncertainty: int | None = None, progress: bool = True,
+                  force_zones: bool = False) -> dict[str, Any]:
     """Per-unit probabilities and zones of a table region (slope units, points).
 
     Writes ``<region>_<family>_units.parquet`` and ``.csv`` (one row per row of the
@@ -304,16 +319,21 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     fn = make_predict_fn(run, family, spec, stats, prevalence=prevalence)
     table = data.table
     p = np.asarray(fn(table), dtype=np.float64)
-    zones, cuts = classify_zones(xr.DataArray(p, dims="unit"), thresholds=thresholds)
-    z = np.asarray(zones.values, dtype=np.uint8)
+    withheld = zones_withheld(run, force_zones)
     units = pd.DataFrame({"unit": np.arange(len(table), dtype=np.int64)})
     for c in ("x", "y"):
         if c in table:
             units[c] = table[c].to_numpy()
     units["label"] = table["label"].to_numpy()
     units["probability"] = p
-    units["zone"] = z
-    units["zone_name"] = [ZONE_NAMES.get(int(k), "no data") for k in z]
+    cuts: list[float] = []
+    if withheld is None:
+        zones, cuts = classify_zones(xr.DataArray(p, dims="unit"), thresholds=thresholds)
+        z = np.asarray(zones.values, dtype=np.uint8)
+        units["zone"] = z
+        units["zone_name"] = [ZONE_NAMES.get(int(k), "no data") for k in z]
+    else:
+        warnings.warn(withheld, UserWarning, stacklevel=2)
     from lsm.workflows.uncertainty import DESCRIPTION, resolve_replicates, spread_fn
 
     n_rep = resolve_replicates(run, family, uncertainty)
@@ -331,9 +351,11 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     stem = f"{spec.name}_{family}"
     paths = write_units(units, out / f"{stem}_units", crs=_table_crs(spec),
                         geometry=_unit_geometry(spec, len(units)))
-    zstats = unit_zone_statistics(z, units["label"].to_numpy() == 1)
+    zstats = unit_zone_statistics(z, units["label"].to_numpy() == 1) if withheld is None \
+        else pd.DataFrame()
     result = {
         "region": spec.name, "family": family, "kind": "units", **paths,
+        "zones_withheld": withheld,
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
         "quantile", "zone_statistics": zstats.to_dict(orient="records"),
         "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
@@ -414,3 +436,22 @@ def _unit_geometry(spec: RegionSpec, n: int) -> Any:
     raw = read_table(path, layer=s.layer, where=spec.where("samples.path"))
     geom = getattr(raw, "geometry", None)
     return geom.reset_index(drop=True) if geom is not None and len(geom) == n else None
+
+
+def zones_withheld(run: Run, force: bool = False) -> str | None:
+    """Why the zones map of ``run`` is not written (its fine-tune found no skill above
+    :data:`lsm.workflows.verdict.NEAR_CHANCE_AUC`), or None to write it."""
+    if force:
+        return None
+    p = run.path / "metrics.json"
+    if not p.exists():
+        return None
+    skill = read_json(p).get("skill") or {}
+    return skill.get("message") if skill.get("near_chance") else None
+
+
+def _remove_stale(out: Path, stem: str, suffixes: tuple[str, ...]) -> None:
+    """Zones files of an earlier run of the same map: gone, so nobody takes them for
+    zones of this one."""
+    for suf in suffixes:
+        (out / f"{stem}{suf}").unlink(missing_ok=True)

@@ -125,6 +125,13 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
                           f"{a['ci95_high']:+.3f}], wins {a['win_rate']:.0%}; "
                           f"{'prior-corr. ' if extra else ''}log-loss {ll['mean_diff']:+.3f} "
                           f"[{ll['ci95_low']:+.3f}, {ll['ci95_high']:+.3f}]")
+    from lsm.workflows.verdict import skill_check, verdict_line, verdicts
+
+    for v in metrics.get("verdicts") or verdicts(metrics):
+        console.print(verdict_line(v), soft_wrap=True, markup=False)
+    skill = metrics.get("skill") or skill_check(metrics)
+    if skill.get("near_chance"):
+        console.print(f"[bold red]warning:[/] {skill['message']}", soft_wrap=True)
     counts = delivered.get("chosen_counts")
     if counts:
         console.print("delivered strategy per " + ("fold" if metrics.get("mode") ==

@@ -23,6 +23,39 @@ def _pd(d: dict[str, float]) -> str:
             f"wins {d['win_rate']:.0%}, Wilcoxon p = {d['wilcoxon_p']:.2g}")
 
 
+def _verdict_section(metrics: dict[str, Any]) -> list[str]:
+    """One verdict line per family (transfer vs each baseline) and the skill warning."""
+    from lsm.workflows.verdict import skill_check, verdict_line, verdicts
+
+    L = ["**Verdict** (paired differences on the same test set, 95 % intervals; "
+         "for log-loss lower is better):", ""]
+    L += [f"- {verdict_line(v)[len('verdict '):]}" for v in
+          (metrics.get("verdicts") or verdicts(metrics))]
+    skill = metrics.get("skill") or skill_check(metrics)
+    if skill.get("near_chance"):
+        L += ["", f"> **Warning:** {skill['message']}."]
+    return [*L, ""]
+
+
+def map_provenance(meta: dict[str, Any], metrics: dict[str, Any], family: str) -> str:
+    """Which arm, repeat and shots made the model behind a map."""
+    if meta.get("kind") == "fit":
+        return (f"`{family}` fitted on all {metrics.get('n', '?')} sample points of the "
+                "source region (the final fit after cross-validation).")
+    mm = (metrics.get("delivered") or {}).get("map_model") or {}
+    if family == "delivered" and mm:
+        return (f"arm `delivered`, strategy `{mm['chosen']}`, re-fitted on {mm['trained_on']}"
+                f" ({mm['n']} points, {mm['n_landslides']} landslides), not on the shots of "
+                "any one repeat; chosen by cross-validation on those points, never with the "
+                "hold-out.")
+    if metrics.get("mode") == "production":
+        return f"`{family}` fine-tuned (stage 2) on every labelled target point."
+    k = metrics.get("shots")
+    return (f"`{family}`, arm `stage2` (fine-tuned, anchored at the source) of repeat 1 of "
+            f"{metrics.get('repeats')}: its {k} landslide + {k} non-landslide shots "
+            "(`training_table.parquet`).")
+
+
 def _delivered_section(metrics: dict[str, Any]) -> list[str]:
     """Which model the run delivers, how it was chosen, and the paired comparisons."""
     d = metrics.get("delivered")
@@ -128,6 +161,7 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
         L.append("")
         L.append("Mean ± std over the spatial folds; out-of-fold predictions.")
     else:
+        L += _verdict_section(metrics)
         L.append("| model | arm | AUC | log-loss | Brier | accuracy |")
         L.append("|---|---|---|---|---|---|")
         for fam, arms in metrics["models"].items():
@@ -162,16 +196,22 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
         if units:
             L.append(f"## Susceptibility per unit ({maps['family']})")
             L.append("")
+            zone = (f"; **zones withheld:** {maps['zones_withheld']}"
+                    if maps.get("zones_withheld") else f"; zone {thresholds}")
             L.append(f"- {maps['n_units']} units: probability and zone per unit in "
                      + ", ".join(f"`{_rel(maps[k], base)}`" for k in ("table", "csv", "gpkg")
-                                 if k in maps) + f"; zone {thresholds}.")
+                                 if k in maps) + f"{zone}.")
         else:
             L.append(f"## Susceptibility map ({maps['family']})")
             L.append("")
             L.append(f"- Probability (Cloud-Optimized GeoTIFF): "
                      f"`{_rel(maps['probability'], base)}`")
-            L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
-                     f"`{_rel(maps['zones'], base)}`; {thresholds}.")
+            if maps.get("zones_withheld"):
+                L.append(f"- **Zones withheld:** {maps['zones_withheld']}.")
+            else:
+                L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
+                         f"`{_rel(maps['zones'], base)}`; {thresholds}.")
+        L.append(f"- Model: {map_provenance(meta, metrics, maps['family'])}")
         if maps.get("prevalence"):
             L.append(f"- Probabilities corrected to a landslide prevalence of "
                      f"{maps['prevalence']:.3%}.")
@@ -185,17 +225,19 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
         L.append("")
         if not units:
             L.append(f"![probability]({_rel(maps['probability_png'], base)})")
-            L.append(f"![zones]({_rel(maps['zones_png'], base)})")
+            if maps.get("zones_png"):
+                L.append(f"![zones]({_rel(maps['zones_png'], base)})")
             if maps.get("uncertainty_png"):
                 L.append(f"![uncertainty]({_rel(maps['uncertainty_png'], base)})")
             L.append("")
-        L.append(f"| zone | {'unit' if units else 'area'} share | landslides | landslide share "
-                 "| density ratio |")
-        L.append("|---|---|---|---|---|")
-        for z in maps["zone_statistics"]:
-            L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
-                     f"{z['landslide_share']:.1%} | {z['density_ratio']:.2f} |")
-        L.append("")
+        if maps["zone_statistics"]:
+            L.append(f"| zone | {'unit' if units else 'area'} share | landslides | landslide "
+                     "share | density ratio |")
+            L.append("|---|---|---|---|---|")
+            for z in maps["zone_statistics"]:
+                L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
+                         f"{z['landslide_share']:.1%} | {z['density_ratio']:.2f} |")
+            L.append("")
         if "rates" in maps:
             L.append(f"![rate curves]({_rel(maps['rates'], base)})")
             L.append("")
