@@ -12,9 +12,10 @@ Schema
 Top level:
 
 ``name``
-    Pipeline name (letters, digits, ``_.-``); results go to ``results/<name>``.
+    Pipeline name (letters, digits, ``_.-``); results go to ``runs/pipelines/<name>``.
 ``out``
-    Results folder, relative to the working directory (default ``results/<name>``).
+    Results folder, relative to the working directory (default
+    ``runs/pipelines/<name>``, an ignored folder; ``lsm run --out`` overrides both).
 ``seed``
     Default seed of every study and derived region.
 ``regions``
@@ -25,7 +26,8 @@ Top level:
     other blocks (``part: rest``).  ``order: random`` spreads the blocks over the
     region; ``compact`` grows one contiguous area from a seeded start block.
 ``studies``
-    A list; each has a ``kind``:
+    A list; each has a ``kind``, one of the registered study kinds
+    (:data:`STUDY_CONFIGS`; built in):
 
     ``shots``
         Fit ``source`` once per normalisation, fine-tune every ``targets``
@@ -45,6 +47,10 @@ Top level:
     and every fine-tune option of :class:`lsm.config.run.FinetuneOptions`
     (``repeats``, ``test_fraction``, ``prevalence``, ``anchor``, ``reweight``).
 
+A study kind is a config class here (a subclass of :class:`StudyOptions`
+registered with :func:`register_study_config`) and its steps, tables and
+figures in :mod:`lsm.workflows.studies`; a new kind is one module there.
+
 Regions are built-in names (``hongkong``, ``demo-source``, ...), names from
 ``regions``, or spec files (``.yaml``) relative to the pipeline file.
 
@@ -60,16 +66,25 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from lsm.config.run import DeviceOption, FamilyName, FinetuneOptions, Norm, default_families
 from lsm.config.spec import builtin_regions, format_validation_error, load_yaml
 from lsm.errors import SpecError
 
 Family = FamilyName  # a registered model family (lsm.config.run)
-STUDY_KINDS = ("shots", "source_scale", "progressive")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -94,8 +109,17 @@ class DerivedRegion(_Model):
     seed: int | None = Field(None, description="Block order seed; default the pipeline's.")
 
 
-class _Study(FinetuneOptions, DeviceOption):
-    """Options every study takes; its fine-tunes get every :class:`FinetuneOptions` field."""
+class StudyOptions(FinetuneOptions, DeviceOption):
+    """Options every study takes; its fine-tunes get every :class:`FinetuneOptions` field.
+
+    A study kind subclasses it with ``kind: Literal["<name>"]`` and its own
+    fields, names the fields that hold regions in ``region_fields`` (a region
+    name or a list of them; the pipeline checks they exist), and is added with
+    :func:`register_study_config`.
+    """
+
+    #: Fields naming regions (a string, or a list of strings), checked by the pipeline.
+    region_fields: ClassVar[tuple[str, ...]] = ()
 
     id: str | None = Field(None, pattern=_NAME, description="Study name in results; default "
                            "its kind.")
@@ -114,11 +138,80 @@ class _Study(FinetuneOptions, DeviceOption):
             raise ValueError(f"repeated entries in {v}")
         return v
 
+    @classmethod
+    def kind_name(cls) -> str:
+        """The value of ``kind`` that selects this class (its ``Literal``)."""
+        field = cls.model_fields.get("kind")
+        args = get_args(field.annotation) if field is not None else ()
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise TypeError(f"{cls.__name__}: a study config needs 'kind: Literal[\"name\"]'")
+        return args[0]
 
-class ShotsStudy(_Study):
+    def region_refs(self) -> list[tuple[str, str]]:
+        """``(key, region)`` of every region the study names (keys relative to the study)."""
+        refs: list[tuple[str, str]] = []
+        for name in self.region_fields:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                refs.append((name, value))
+            else:
+                refs += [(f"{name}.{j}", r) for j, r in enumerate(value)]
+        return refs
+
+
+_Study = StudyOptions  # the name used before study kinds were registered
+
+#: The registry of study kinds: ``kind`` -> config class (see :func:`register_study_config`).
+STUDY_CONFIGS: dict[str, type[StudyOptions]] = {}
+
+
+def register_study_config(cls: type[StudyOptions]) -> type[StudyOptions]:
+    """Class decorator: make ``cls`` the config of its study kind in pipeline files.
+
+    :func:`lsm.workflows.studies.register_study` calls it for a kind's config.
+    """
+    kind = cls.kind_name()
+    if not re.match(r"^[a-z][a-z0-9_]*$", kind):
+        raise ValueError(f"{cls.__name__}: study kind {kind!r} must be a lower-case word")
+    STUDY_CONFIGS[kind] = cls
+    return cls
+
+
+def study_kinds() -> tuple[str, ...]:
+    """The registered study kinds, in registration order."""
+    return tuple(STUDY_CONFIGS)
+
+
+def _validate_study(value: Any, handler: Any) -> StudyOptions:
+    """Validate one study with the config class its ``kind`` names (a live registry)."""
+    if isinstance(value, StudyOptions):
+        return value
+    kinds = ", ".join(STUDY_CONFIGS)
+    if not isinstance(value, dict):
+        raise PydanticCustomError("study_type", f"a study must be a mapping with a 'kind' "
+                                  f"({kinds})")
+    kind = value.get("kind")
+    if kind is None:
+        raise PydanticCustomError("study_kind", f"a study needs a 'kind': one of {kinds}")
+    cls = STUDY_CONFIGS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        close = difflib.get_close_matches(str(kind), list(STUDY_CONFIGS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PydanticCustomError("study_kind", f"unknown study kind {str(kind)!r}{hint}; "
+                                  f"one of {kinds}".replace("{", "(").replace("}", ")"))
+    return cls.model_validate(value)
+
+
+#: One study of any registered kind (validated by the class its ``kind`` names).
+Study = Annotated[SerializeAsAny[StudyOptions], WrapValidator(_validate_study)]
+
+
+@register_study_config
+class ShotsStudy(StudyOptions):
     """Fit a source once, fine-tune each target at each shot count."""
 
     kind: Literal["shots"] = Field(description="shots: metric against K per target.")
+    region_fields: ClassVar[tuple[str, ...]] = ("source", "targets")
     source: str = Field(description="Data-rich region.")
     targets: list[str] = Field(min_length=1, description="Data-scarce regions.")
     shots: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
@@ -126,10 +219,12 @@ class ShotsStudy(_Study):
         description="K landslides (and K non-landslides) per fine-tune.")
 
 
-class SourceScaleStudy(_Study):
+@register_study_config
+class SourceScaleStudy(StudyOptions):
     """Nested source subsets of increasing size, each fitted and fine-tuned."""
 
     kind: Literal["source_scale"] = Field(description="source_scale: metric against source size.")
+    region_fields: ClassVar[tuple[str, ...]] = ("source", "target")
     source: str = Field(description="Region whose points are subset by spatial blocks.")
     target: str = Field(description="Region every subset is fine-tuned on.")
     fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
@@ -148,25 +243,23 @@ class SourceScaleStudy(_Study):
         return sorted(v)
 
 
-class ProgressiveStudy(_Study):
+@register_study_config
+class ProgressiveStudy(StudyOptions):
     """A chain of fine-tunes compared with the direct transfer."""
 
     kind: Literal["progressive"] = Field(description="progressive: chained vs direct transfer.")
+    region_fields: ClassVar[tuple[str, ...]] = ("chain",)
     chain: list[str] = Field(min_length=3, description="Regions: fit the first, fine-tune "
                              "each next one from the previous run; at least three.")
     shots: int = Field(50, ge=1, le=100_000, description="K of every fine-tune in the chain.")
 
-
-_STUDY_CLASSES: dict[str, type[_Study]] = {
-    "shots": ShotsStudy, "source_scale": SourceScaleStudy, "progressive": ProgressiveStudy}
-Study = Annotated[ShotsStudy | SourceScaleStudy | ProgressiveStudy, Field(discriminator="kind")]
 
 
 class PipelineConfig(_Model):
     """A pipeline file."""
 
     name: str = Field(pattern=_NAME, description="Pipeline name; results go to "
-                      "results/<name> unless 'out' is given.")
+                      "runs/pipelines/<name> unless 'out' is given.")
     description: str = Field("", description="Free text, copied into summary.md.")
     out: Path | None = Field(None, description="Results folder, relative to the working "
                              "directory.")
@@ -175,7 +268,8 @@ class PipelineConfig(_Model):
         default_factory=dict, description="Derived regions: spatial-block subsets of "
         "another region, usable wherever a region is named.")
     studies: list[Study] = Field(min_length=1, description="What to run; each entry has a "
-                                 "kind: shots, source_scale or progressive.")
+                                 "kind: shots, source_scale, progressive (or a kind "
+                                 "registered by a plug-in).")
 
     # set by load_pipeline, not part of the YAML
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -197,27 +291,9 @@ class PipelineConfig(_Model):
         return self.seed if study.seed is None else int(study.seed)
 
     def results_dir(self) -> Path:
-        return Path(self.out) if self.out is not None else Path("results") / self.name
-
-
-class _Errors:
-    """Pydantic errors with the union tag taken out of each location.
-
-    ``studies.0.shots.sourc`` reads as if ``shots`` were a key of the study;
-    the tag only says which kind was validated.
-    """
-
-    def __init__(self, err: ValidationError) -> None:
-        self._errors = []
-        for e in err.errors():
-            loc = tuple(e["loc"])
-            if (len(loc) >= 3 and loc[0] == "studies" and isinstance(loc[1], int)
-                    and loc[2] in STUDY_KINDS):
-                loc = loc[:2] + loc[3:]
-            self._errors.append({**e, "loc": loc})
-
-    def errors(self) -> list[dict[str, Any]]:
-        return self._errors
+        """``out``, or ``runs/pipelines/<name>`` (ignored by git; published results are
+        written with ``lsm run --out results/<name>``)."""
+        return Path(self.out) if self.out is not None else Path("runs") / "pipelines" / self.name
 
 
 def _is_path(ref: str) -> bool:
@@ -228,13 +304,7 @@ def _region_refs(cfg: PipelineConfig) -> list[tuple[str, str]]:
     """Every region a pipeline names, with the key naming it."""
     refs = [(f"regions.{n}.from", r.from_) for n, r in cfg.regions.items()]
     for i, s in enumerate(cfg.studies):
-        if isinstance(s, ShotsStudy):
-            refs.append((f"studies.{i}.source", s.source))
-            refs += [(f"studies.{i}.targets.{j}", t) for j, t in enumerate(s.targets)]
-        elif isinstance(s, SourceScaleStudy):
-            refs += [(f"studies.{i}.source", s.source), (f"studies.{i}.target", s.target)]
-        else:
-            refs += [(f"studies.{i}.chain.{j}", r) for j, r in enumerate(s.chain)]
+        refs += [(f"studies.{i}.{key}", ref) for key, ref in s.region_refs()]
     return refs
 
 
@@ -292,8 +362,7 @@ def parse_pipeline(data: Any, *, source: str = "<pipeline>",
     try:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as err:
-        errors: Any = _Errors(err)  # duck-types ValidationError.errors()
-        raise SpecError(format_validation_error(errors, source)) from None
+        raise SpecError(format_validation_error(err, source)) from None
     cfg.base_dir = base_dir or Path(".")
     _check_regions(cfg, source)
     return cfg
@@ -355,7 +424,7 @@ def _model_lines(cls: type[BaseModel], data: dict[str, Any], pad: str, first: st
     lines: list[str] = []
     fields = {(f.alias or k): f for k, f in cls.model_fields.items() if not f.exclude}
     ordered = list(data) + [k for k in fields if k not in data
-                            and (all_fields or k not in _Study.model_fields)]
+                            and (all_fields or k not in StudyOptions.model_fields)]
     for i, key in enumerate(ordered):
         f = fields[key]
         value = data[key] if key in data else f.get_default(call_default_factory=True)
@@ -367,9 +436,9 @@ def _model_lines(cls: type[BaseModel], data: dict[str, Any], pad: str, first: st
         if key == "studies":
             lines.append(f"{pad}{key}:")
             for j, s in enumerate(value):
-                scls = _STUDY_CLASSES[s["kind"]]
+                scls = STUDY_CONFIGS[s["kind"]]
                 lines.append(f"{pad}  # {s['kind']}: {scls.__doc__}")
-                own = {k: v for k, v in s.items() if j == 0 or k not in _Study.model_fields}
+                own = {k: v for k, v in s.items() if j == 0 or k not in StudyOptions.model_fields}
                 lines += _model_lines(scls, own, pad + "    ", first=pad + "  - ",
                                       all_fields=j == 0)
         elif key == "regions":
