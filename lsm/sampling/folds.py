@@ -23,6 +23,10 @@ def block_ids(x: np.ndarray, y: np.ndarray, block_size: float) -> np.ndarray:
     """Integer id of the square block each point falls into."""
     x = np.asarray(x, dtype="float64")
     y = np.asarray(y, dtype="float64")
+    bad = ~(np.isfinite(x) & np.isfinite(y))
+    if bad.any():  # NaN cast to int64 would make a bogus block
+        raise SamplingError(f"{int(bad.sum())} point(s) have no finite coordinates (first: "
+                            f"row {int(np.flatnonzero(bad)[0])}); spatial blocks need them all")
     bx = np.floor((x - x.min()) / block_size).astype("int64")
     by = np.floor((y - y.min()) / block_size).astype("int64")
     return by * (int(bx.max()) + 1) + bx
