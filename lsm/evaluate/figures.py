@@ -50,9 +50,25 @@ ARM_LABELS = {"source_only": "source only (zero-shot)", "target_only": "target o
               "delivered": "delivered (chosen on the shots)"}
 ARM_COLORS = {"source_only": "#8c8c8c", "target_only": "#e69f00", "stage1": "#56b4e9",
               "stage2": "#0a4f8c", "delivered": "#009e73"}
-FAMILY_LABELS = {"rf": "random forest", "lr": "logistic regression", "xgb": "XGBoost",
-                 "mlp": "MLP", "lsm": "lsm (delivered; baselines' family chosen on the shots)"}
-SHORT_FAMILY_LABELS = {"rf": "RF", "lr": "LogReg", "xgb": "XGBoost", "mlp": "MLP"}
+#: The row of the model lsm delivers (not a family of the registry).
+DELIVERED_LABEL = "lsm (delivered; baselines' family chosen on the shots)"
+
+
+def family_label(name: str, *, short: bool = False) -> str:
+    """A family's name in figures: its class's ``label`` (or ``short_label``).
+
+    The delivered row (``lsm``) and names that are not registered families are
+    returned as they are (the delivered row gets :data:`DELIVERED_LABEL` in long form).
+    """
+    if name == "lsm":
+        return name if short else DELIVERED_LABEL
+    from lsm.models.base import FAMILIES, get_family
+
+    try:
+        cls = get_family(name) if name not in FAMILIES else FAMILIES[name]
+    except ValueError:
+        return name
+    return (cls.short_label if short else cls.label) or cls.label or name
 METRIC_LABELS = {
     "auc": "AUC (ROC), higher is better",
     "log_loss": "log-loss (nats), lower is better",
@@ -317,7 +333,7 @@ def plot_arms(metrics: Mapping[str, Any], path: PathLike, title: str | None = No
                                        label="log-loss of p = 0.5 (ln 2)"))
                 hi = max(hi, math.log(2))
             ax.set_ylim(*_metric_limits(name, lo, hi))
-            ax.set_xticks(x, [SHORT_FAMILY_LABELS.get(f, f) for f in families])
+            ax.set_xticks(x, [family_label(f, short=True) for f in families])
             ax.grid(axis="x", visible=False)
             ax.set_ylabel(METRIC_LABELS.get(name, name))
             ax.set_title(METRIC_LABELS.get(name, name).split(",")[0])
@@ -381,7 +397,7 @@ def plot_shots_curve(df: pd.DataFrame, path: PathLike, metric: str = "auc",
                 ax.plot(xs, m, marker="o", ms=4, lw=1.8, color=colour,
                         label=ARM_LABELS.get(arm, arm))
                 ax.fill_between(xs, m - sd, m + sd, color=colour, alpha=0.14, lw=0)
-            ax.set_title(FAMILY_LABELS.get(fam, fam))
+            ax.set_title(family_label(fam))
             if len(shots_all) > 1 and shots_all.min() > 0:
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(FixedLocator(shots_all))

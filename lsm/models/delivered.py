@@ -42,7 +42,7 @@ MEMBERS = "members"
 
 def member_logit(model: Any, X: Any) -> np.ndarray:
     """Log-odds of the landslide class of a fitted binary family model."""
-    if hasattr(model, "decision_function") and getattr(model, "family", "") == "lr":
+    if hasattr(model, "decision_function") and getattr(model, "decision_is_logit", False):
         z = np.asarray(model.decision_function(X), dtype=np.float64)
         lim = np.log(1 - LOGIT_EPS) - np.log(LOGIT_EPS)
         return np.clip(z, -lim, lim)

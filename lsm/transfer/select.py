@@ -368,12 +368,33 @@ def default_ensemble(source: str, target_families: Sequence[str]) -> Strategy:
 OFFSET_LAMS = (30.0, 3.0)
 
 
-#: The families' own stages offered as candidates, with the stage-2 options tried; the
-#: stages of rf, xgb and the MLP cost 20-400x more per fold on tens of shots and are
-#: left out (in the pilot they never ranked first among the candidates on the hold-out).
-STAGE_OPTIONS: dict[str, tuple[tuple[tuple[str, Any], ...], ...]] = {
-    "lr": ((("lam", 10.0),), (("lam", 1.0),)),
-}
+def stage_options(family: str) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """Stage-2 options under which ``family``'s own stages are candidates of the delivered
+    model: its class's ``stage_candidates`` (none for a name that is not a family).
+
+    Only cheap families declare some (built in: lr); the stages of rf, xgb and the MLP
+    cost 20-400x more per fold on tens of shots and never ranked first among the
+    candidates on the pilot's hold-out.
+    """
+    from lsm.models.base import get_family
+
+    try:
+        cls = get_family(family)
+    except ValueError:
+        return ()
+    return tuple(tuple(opts.items()) for opts in cls.stage_candidates)
+
+
+def target_candidates(families: Sequence[str]) -> list[str]:
+    """The ``families`` trained on the shots alone as candidates of the delivered model
+    (classes with ``delivered_target``), in the registry's order.
+
+    Built in: rf, lr, xgb.  The MLP is not one: it costs ten times the others on tens of
+    shots and was never the best target-only family in the shots-curve study.
+    """
+    from lsm.models.base import FAMILY_NAMES, get_family
+
+    return [f for f in FAMILY_NAMES if f in families and get_family(f).delivered_target]
 
 
 def default_strategies(source_families: Sequence[str], target_families: Sequence[str], *,
@@ -396,9 +417,9 @@ def default_strategies(source_families: Sequence[str], target_families: Sequence
         out.append(default_ensemble(srcs[-1], target_families))
     if stages:
         for f in source_families:
-            if f in STAGE_OPTIONS:
+            if stage_options(f):
                 out.append(Strategy("stage1", source=f, rank=35))
-                for opts in STAGE_OPTIONS[f]:
+                for opts in stage_options(f):
                     out.append(Strategy("stage2", source=f, opts=opts, rank=36))
     return out
 

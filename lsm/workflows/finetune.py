@@ -41,7 +41,7 @@ from lsm.sampling.shots import draw_shots, holdout_mask
 from lsm.stack.features import design_matrix
 from lsm.transfer import adapt, finetune, finetune_auto
 from lsm.transfer.prior import prior_shift
-from lsm.transfer.select import fit_delivered
+from lsm.transfer.select import fit_delivered, target_candidates
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
@@ -230,29 +230,22 @@ def _source_table(run: Run, schema: Any, norm: str) -> tuple[Any, np.ndarray] | 
     return run_matrix(run, table, schema, norm), table["label"].to_numpy()
 
 
-#: Families trained on the shots alone as candidates of the delivered model.  The MLP
-#: is left out: it costs ten times the others on tens of shots and was never the best
-#: target-only family in the shots-curve study.
-DELIVERED_TARGETS = ("rf", "lr", "xgb")
-
-
 def _make_target(device: str) -> Any:
-    """Target-only candidate models: single-threaded (tens of rows), a lighter forest."""
+    """Target-only candidate models: single-threaded (tens of rows), with the family's
+    ``few_shot_params`` (a lighter forest)."""
     def make(fam: str, seed: int) -> Any:
         model = make_model(fam, seed=seed, device=device)
         params = model.get_params()
         if "n_jobs" in params:
             model.set_params(n_jobs=1)
-        if fam == "rf":
-            model.set_params(n_estimators=100)
-        return model
+        return model.set_params(**type(model).few_shot_params)
     return make
 
 
 def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int) -> tuple[Any, Any]:
     """The delivered model from the rows ``idx`` alone (shots, or all labelled points)."""
     return fit_delivered(s.models, s.X.iloc[idx], s.y[idx], make_target=_make_target(cfg.device),
-                         target_families=[f for f in DELIVERED_TARGETS if f in s.families],
+                         target_families=target_candidates(s.families),
                          seed=seed, n_repeats=1,
                          source_table=s.source_table, continuous=s.continuous,
                          xy=None if s.xy is None else s.xy[idx])
