@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CRS, RES, X0, Y0, _write_spec, _write_tif
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import CRS, RES, X0, Y0, _write_spec, _write_tif
 
 FAST = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
