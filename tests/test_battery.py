@@ -810,9 +810,11 @@ def test_signal_during_predict_then_rerun(sig: signal.Signals, world: Path) -> N
     np.testing.assert_array_equal(_read_map(prob), good)
 
 
-def test_sigkill_during_lsm_run_then_resume(world: Path) -> None:
-    """SIGKILL while a pipeline runs: the rerun reuses the finished steps, redoes the
-    interrupted one, and ends with the same step outputs as an undisturbed run."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_signal_during_lsm_run_then_resume(sig: signal.Signals, world: Path) -> None:
+    """SIGINT or SIGKILL while a pipeline runs: SIGINT exits 130 saying 'interrupted';
+    either way the rerun reuses the finished steps, redoes the interrupted one, and
+    leaves no temp or staging file."""
     pipe = world / "tiny.yaml"
     pipe.write_text(yaml.safe_dump({
         "name": "tiny",
@@ -824,8 +826,12 @@ def test_sigkill_during_lsm_run_then_resume(world: Path) -> None:
     first_step = lambda: any((world / "pipe" / "steps").glob("*/step.json")) \
         if (world / "pipe" / "steps").exists() else False  # noqa: E731
     _wait_for(first_step, proc, 600)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    rc = proc.wait()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in err
+    if sig == signal.SIGINT and rc != 0:
+        assert rc == 130 and "interrupted" in err, (rc, err[-1000:])
     done_before = {p.parent.name for p in (world / "pipe" / "steps").glob("*/step.json")}
 
     rerun = _lsm(args, world)
