@@ -26,17 +26,14 @@ Example
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import dask.array as dsa
 import numpy as np
 import xarray as xr
-from scipy import ndimage, sparse
-from scipy.sparse import linalg as sparse_linalg
+from scipy import ndimage
 
 from lsm.config.factors import DERIVABLE_FACTORS
 from lsm.errors import DataError, SpecError
@@ -327,8 +324,12 @@ def _apply(dem: xr.DataArray, kernel: Kernel, name: str, units: str, long_name: 
     func = partial(kernel, hx=hx, hy=hy)
     data = dem.data
     nodata = dem.rio.nodata
+    # Whole-grid kernels (flow routing) take float32 DEMs as they are: their
+    # compiled loops promote each value to float64, and a float64 copy of a large
+    # grid is the biggest array they would otherwise hold.
+    work = np.float32 if whole and np.dtype(dem.dtype) == np.float32 else np.float64
     if isinstance(data, dsa.Array):
-        data = data.astype(np.float64)
+        data = data.astype(work)
         if nodata is not None and not np.isnan(nodata):
             data = dsa.where(data == nodata, np.nan, data)
         meta = np.array((), dtype=np.float32)
@@ -340,7 +341,7 @@ def _apply(dem: xr.DataArray, kernel: Kernel, name: str, units: str, long_name: 
             out = data.map_overlap(func, depth=1, boundary=np.nan, dtype=np.float32,
                                    meta=meta)
     else:
-        z = np.asarray(data, dtype=np.float64)
+        z = np.asarray(data, dtype=work)
         if nodata is not None and not np.isnan(nodata):
             z = np.where(z == nodata, np.nan, z)
         out = func(z)
@@ -476,120 +477,55 @@ def _accumulation_numpy(z: np.ndarray, *, hx: float, hy: float) -> np.ndarray:
 
 
 def _twi_numpy(z: np.ndarray, *, hx: float, hy: float) -> np.ndarray:
+    from lsm.stack import _hydrology
+
     acc = _mfd_accumulation(_fill_depressions(z), hx, hy)
-    width = math.sqrt(abs(hx * hy))
-    sca = acc * abs(hx * hy) / width
-    p, q = _horn_gradient(z, hx, hy)
-    tan_beta = np.maximum(np.hypot(p, q), MIN_TAN_SLOPE)
-    if tan_beta.size == 0:
-        return _interior(z, tan_beta)
-    return _interior(z, np.log(sca[1:-1, 1:-1] / tan_beta))
+    # one compiled pass: the Horn gradient and the logarithm of the numpy kernels,
+    # without their half-dozen grid-sized float64 temporaries
+    return _hydrology.wetness(z, acc, hx, hy, MIN_TAN_SLOPE)
 
 
 # --------------------------------------------------------------------------- #
 # Hydrology on the full grid
 # --------------------------------------------------------------------------- #
-_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
-
-
 def _fill_depressions(z: np.ndarray, eps: float = FILL_EPSILON) -> np.ndarray:
-    """Priority-Flood+epsilon (Barnes, Lehman & Mulla 2014) on a float64 grid.
+    """Priority-Flood+epsilon (Barnes, Lehman & Mulla 2014): a filled float64 grid.
 
     Seeds are the valid cells on the grid edge or next to NaN.  Cells are taken
-    lowest first from a heap; a neighbour that cannot drain below the current
-    cell is raised to ``current + eps`` and flooded breadth-first from a plain
-    queue, so every filled cell ends up strictly above the cell that reached it.
-    The loop is plain Python over cells (about 0.3 s for 400 x 400): there is no
-    compiled dependency to lean on, and the heap order cannot be vectorised.
+    lowest first (ties: lowest flat index) from a heap; a neighbour that cannot
+    drain below the current cell is raised to ``current + eps`` and flooded
+    breadth-first from a plain queue, so every filled cell ends up strictly
+    above the cell that reached it.  The loop is compiled
+    (:mod:`lsm.stack._hydrology`): one byte of bookkeeping per cell besides the
+    result, about a second per ten million cells.
     """
+    from lsm.stack import _hydrology
+
     ny, nx = z.shape
     valid = np.isfinite(z)
     if ny < 1 or nx < 1 or not valid.any():
-        return z.copy()
+        return np.array(z, dtype=np.float64)
     seed = np.zeros((ny, nx), dtype=bool)
     seed[0, :] = seed[-1, :] = seed[:, 0] = seed[:, -1] = True
     if not valid.all():
         seed |= ndimage.binary_dilation(~valid, structure=np.ones((3, 3), dtype=bool))
     seed &= valid
-
-    filled = np.where(valid, z, np.inf).ravel().tolist()
-    closed = (~valid).ravel().tolist()
-    start = np.flatnonzero(seed)
-    heap = list(zip([filled[i] for i in start.tolist()], start.tolist()))
-    heapq.heapify(heap)
-    for i in start.tolist():
-        closed[i] = True
-
-    steps = [(di * nx + dj, dj) for di, dj in _OFFSETS]
-    size = ny * nx
-    pit: deque[int] = deque()
-    pop, push = heapq.heappop, heapq.heappush
-    while heap or pit:
-        if pit:
-            cell = pit.popleft()
-            level = filled[cell]
-        else:
-            level, cell = pop(heap)
-        col = cell % nx
-        for step, dj in steps:
-            nb = cell + step
-            if nb < 0 or nb >= size or closed[nb] or not 0 <= col + dj < nx:
-                continue
-            closed[nb] = True
-            if filled[nb] <= level + eps:
-                filled[nb] = level + eps
-                pit.append(nb)
-            else:
-                push(heap, (filled[nb], nb))
-    out = np.asarray(filled, dtype=np.float64).reshape(ny, nx)
-    out[~valid] = np.nan
-    return out
+    return _hydrology.fill_depressions(z, seed, valid, eps)
 
 
 def _mfd_accumulation(filled: np.ndarray, hx: float, hy: float,
                       exponent: float = MFD_EXPONENT) -> np.ndarray:
     """Contributing cells by multiple flow directions (Freeman 1991) on a filled grid.
 
-    Routing is a linear system ``(I - F) acc = 1`` where ``F[r, d]`` is the share
-    of donor ``d`` going to receiver ``r``.  Ordered by decreasing elevation the
-    matrix is lower triangular (flow only goes down), so one sparse triangular
-    solve gives every cell's accumulation without a loop in Python.
+    A cell's area (1 plus what it received) goes to its lower neighbours in
+    proportion to ``(drop / distance) ** exponent``.  Cells are passed on in
+    topological order (a cell once every higher neighbour draining into it has
+    been), in one compiled pass with a byte per cell of bookkeeping: the same
+    accumulation as solving ``(I - F) acc = 1``, up to the order of additions.
+    NaN cells get NaN.
     """
-    ny, nx = filled.shape
-    size = ny * nx
-    valid = np.isfinite(filled)
-    if size == 0:
+    from lsm.stack import _hydrology
+
+    if filled.size == 0:
         return np.zeros(filled.shape)
-    padded = np.pad(filled, 1, constant_values=np.nan)
-    index = np.arange(size).reshape(ny, nx)
-    padded_index = np.pad(index, 1, constant_values=-1)
-
-    weights = np.zeros((len(_OFFSETS), ny, nx))
-    receivers = np.empty((len(_OFFSETS), ny, nx), dtype=np.int64)
-    for k, (di, dj) in enumerate(_OFFSETS):
-        neighbour = padded[1 + di:1 + di + ny, 1 + dj:1 + dj + nx]
-        drop = filled - neighbour
-        downhill = drop > 0  # False where either side is NaN
-        weights[k][downhill] = (drop[downhill] / math.hypot(di * hy, dj * hx)) ** exponent
-        receivers[k] = padded_index[1 + di:1 + di + ny, 1 + dj:1 + dj + nx]
-    total = weights.sum(axis=0)
-    has_flow = weights > 0
-    donors = np.broadcast_to(index, weights.shape)[has_flow]
-    shares = (weights / np.where(total > 0, total, 1.0))[has_flow]
-    to = receivers[has_flow]
-
-    order = np.argsort(-np.where(valid, filled, -np.inf).ravel(), kind="stable")
-    rank = np.empty(size, dtype=np.int64)
-    rank[order] = np.arange(size)
-    diag = np.arange(size)
-    matrix = sparse.csr_matrix(
-        (np.concatenate([np.ones(size), -shares]),
-         (np.concatenate([diag, rank[to]]), np.concatenate([diag, rank[donors]]))),
-        shape=(size, size),
-    )
-    solved = sparse_linalg.spsolve_triangular(matrix, np.ones(size), lower=True)
-    acc = np.empty(size)
-    acc[order] = solved
-    acc = acc.reshape(ny, nx)
-    acc[~valid] = np.nan
-    return acc
+    return _hydrology.mfd_accumulation(filled, hx, hy, exponent)
