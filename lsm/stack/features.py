@@ -131,6 +131,12 @@ def quantile_scores(values: np.ndarray, percentiles: list[float]) -> np.ndarray:
     return ndtri(np.clip(p, 0.005, 0.995))
 
 
+def _numeric(col: pd.Series) -> np.ndarray:
+    """The values of a numeric column without a float64 copy (float32 stays float32)."""
+    values = col.to_numpy()
+    return values if values.dtype.kind == "f" else col.to_numpy(dtype="float64")
+
+
 def design_matrix(
     table: pd.DataFrame,
     schema: FeatureSchema,
@@ -164,9 +170,13 @@ def design_matrix(
         kind = schema.kinds[f]
         col = table[f]
         if kind == "circular":
-            rad = np.deg2rad(col.to_numpy(dtype="float64"))
-            mat[:, at] = np.nan_to_num(np.sin(rad), nan=0.0)
-            mat[:, at + 1] = np.nan_to_num(np.cos(rad), nan=0.0)
+            rad = np.deg2rad(_numeric(col), dtype="float64")
+            flat = ~np.isfinite(rad)  # flat ground has no aspect: (0, 0)
+            with np.errstate(invalid="ignore"):
+                np.sin(rad, out=mat[:, at])
+                np.cos(rad, out=mat[:, at + 1])
+            if flat.any():
+                mat[flat, at:at + 2] = 0.0
             at += 2
         elif kind == "categorical":
             cats = schema.categories[f]
@@ -184,9 +194,8 @@ def design_matrix(
             position = {c: k for k, c in enumerate(cats)}
             lut = np.array([position.get(v, -1) for v in names] + [-1], dtype=np.int64)
             target = lut[codes]  # code -1 (missing) -> the trailing -1
-            mat[:, at:at + len(cats)] = 0.0
-            rows = np.flatnonzero(target >= 0)
-            mat[rows, at + target[rows]] = 1.0
+            for k in range(len(cats)):  # whole contiguous columns, no scattered writes
+                np.equal(target, k, out=mat[:, at + k], casting="unsafe")
             at += len(cats)
         elif norm == "quantile":
             fs = (region_stats or {}).get("factors", {}).get(f, {})
@@ -199,9 +208,12 @@ def design_matrix(
         else:
             mean, std = continuous_center_scale(f, norm=norm, region_stats=region_stats,
                                                 source_stats=source_stats)
-            v = (col.to_numpy(dtype="float64") - mean) / std
-            ok = np.isfinite(v)
-            fill = 0.0 if norm != "none" else np.nanmean(v) if ok.any() else 0.0
-            mat[:, at] = np.where(ok, v, fill)
+            # in place in the matrix column, in float64 whatever the input's dtype
+            v = mat[:, at]
+            np.subtract(_numeric(col), mean, out=v, dtype="float64")
+            np.divide(v, std, out=v)
+            bad = ~np.isfinite(v)
+            if bad.any():
+                v[bad] = 0.0 if norm != "none" or bad.all() else np.mean(v[~bad])
             at += 1
     return pd.DataFrame(mat, index=table.index, columns=columns, copy=False)

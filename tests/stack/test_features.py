@@ -78,3 +78,26 @@ def test_quantile_needs_percentiles() -> None:
     schema = FeatureSchema.from_table(t, KINDS)
     with pytest.raises(FactorMismatchError, match="percentile"):
         design_matrix(t, schema, norm="quantile", region_stats={"factors": {"slope": {}}})
+
+
+def test_map_blocks_encode_like_tables() -> None:
+    """float32 raster values and Categorical names give the matrix of the float64 table."""
+    rng = np.random.default_rng(3)
+    t = _table(rng, 500)
+    t.loc[:4, "slope"] = np.nan
+    t.loc[5, "aspect"] = np.inf  # not an angle: treated as flat
+    t.loc[6:9, "lithology"] = "basalt"  # unknown to the schema
+    schema = FeatureSchema.from_table(t.iloc[10:], KINDS)
+    stats = table_statistics(t.iloc[10:], KINDS)
+    X = design_matrix(t, schema, region_stats=stats, warn_unknown=False)
+    assert (X.loc[:4, "slope"] == 0).all() and (X.loc[5, ["aspect_sin", "aspect_cos"]] == 0).all()
+    assert (X.loc[6:9, ["lithology=granite", "lithology=shale"]] == 0).all().all()
+    raster = t.assign(slope=t["slope"].astype("float32"), aspect=t["aspect"].astype("float32"),
+                      lithology=pd.Categorical(t["lithology"]))
+    Xr = design_matrix(raster, schema, region_stats=stats, warn_unknown=False)
+    exact = t.assign(slope=raster["slope"].astype("float64"),
+                     aspect=raster["aspect"].astype("float64"))
+    pd.testing.assert_frame_equal(Xr, design_matrix(exact, schema, region_stats=stats,
+                                                    warn_unknown=False))
+    ref = (exact["slope"] - stats["factors"]["slope"]["mean"]) / stats["factors"]["slope"]["std"]
+    np.testing.assert_array_equal(Xr["slope"].to_numpy()[5:], ref.to_numpy()[5:])
