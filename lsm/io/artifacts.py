@@ -176,13 +176,19 @@ def write_manifest(directory: Path, files: list[Path] | None = None) -> Path:
     return write_json(directory / MANIFEST, {"files": entries})
 
 
-def verify_manifest(directory: Path) -> None:
-    """Raise :class:`ArtifactError` unless every file matches its recorded sha256."""
+def verify_manifest(directory: Path) -> set[str]:
+    """Raise :class:`ArtifactError` unless every file matches its recorded sha256.
+
+    Returns the names the manifest lists (paths relative to ``directory``).
+    """
     directory = Path(directory)
     man = directory / MANIFEST
     if not man.exists():
         raise ArtifactError(f"{directory}: not a model folder ({MANIFEST} missing)")
-    entries = read_json(man).get("files", {})
+    doc = read_json(man)
+    entries = doc.get("files", {}) if isinstance(doc, dict) else None
+    if not isinstance(entries, dict):
+        raise ArtifactError(f"{man}: malformed (no 'files' object)")
     for rel, digest in entries.items():
         p = directory / rel
         if not p.exists():
@@ -190,3 +196,4 @@ def verify_manifest(directory: Path) -> None:
         if sha256_file(p) != digest:
             raise ArtifactError(f"{p}: checksum differs from {MANIFEST}; the file was changed "
                                 "or truncated, refusing to load it")
+    return set(entries)

@@ -7,10 +7,14 @@ attributes and methods:
 
 - ``family`` (its name), ``label`` / ``short_label`` (figures and reports),
   ``order`` (where it is listed);
-- ``save(directory)`` / ``load(directory)``: artifacts that load without
-  executing code (JSON + ``.npz`` read with ``allow_pickle=False``, XGBoost
-  UBJSON, torch ``state_dict`` read with ``weights_only=True``), with
-  ``meta.json`` and the manifest written by the helpers below;
+- its artifact format: ``artifacts`` (the payload files every saved model
+  has) and two hooks, ``_save_payload`` / ``_load_payload``, that write and
+  read them in formats that load without executing code (JSON, ``.npz`` read
+  with ``allow_pickle=False``, XGBoost UBJSON, torch ``state_dict`` read with
+  ``weights_only=True``).  The shared :meth:`LsmClassifier.save` /
+  :meth:`LsmClassifier.load` do the rest: ``meta.json`` (family, format,
+  versions, constructor parameters, classes, input features), the sha256
+  manifest, checking them on load and rebuilding the estimator;
 - its two transfer stages: ``transfer_adapt`` / ``transfer_finetune`` (generic
   ones here: Platt recalibration of the source, then a logit blend with the
   family trained on the shots), or family-specific ones that
@@ -32,18 +36,23 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import read_json, verify_manifest
+from lsm.io.artifacts import MANIFEST, read_json, verify_manifest, write_json, write_manifest
 
 #: The registry of model families: name -> class (see :func:`register`).
 FAMILIES: dict[str, type[LsmClassifier]] = {}
 #: Every model folder's description of the fitted model (family, params, inputs).
 META = "meta.json"
+#: Layout version of model folders (``meta.json``'s ``format``); load refuses newer ones.
+ARTIFACT_FORMAT = 1
+
+_M = TypeVar("_M", bound="LsmClassifier")
 
 
 def register(cls: type[LsmClassifier]) -> type[LsmClassifier]:
@@ -122,14 +131,75 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    @abstractmethod
+    # -- artifacts: shared save/load around the family's payload hooks ----------------
+
+    #: Payload files (relative to the model folder) that every saved model of the family
+    #: has, beside ``meta.json``; :meth:`load` refuses a folder whose manifest lacks one.
+    artifacts: ClassVar[tuple[str, ...]] = ()
+
     def save(self, directory: Path) -> list[Path]:
-        """Write the fitted model into ``directory``; return the files written."""
+        """Write the fitted model into ``directory``; return the files written.
+
+        The family's payload (:meth:`_save_payload`), then ``meta.json``, then
+        ``manifest.json`` with the sha256 of every file written, last.
+        """
+        check_is_fitted(self)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = meta_dict(self)
+        files = [Path(f) for f in self._save_payload(directory, meta)]
+        missing = [a for a in self.artifacts if directory / a not in files]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}._save_payload did not write {missing}")
+        files.append(write_json(directory / META, meta))
+        return [*files, write_manifest(directory, sorted(files))]
 
     @classmethod
-    @abstractmethod
-    def load(cls, directory: Path) -> LsmClassifier:
-        """Read a model written by :meth:`save` (never executes code from the files)."""
+    def load(cls: type[_M], directory: Path) -> _M:
+        """Read a model written by :meth:`save` (never executes code from the files).
+
+        Verifies the manifest (every listed file, ``meta.json`` and the family's
+        ``artifacts`` listed), checks the family and format in ``meta.json``,
+        rebuilds the estimator from its parameters and fitted inputs, then reads
+        the payload (:meth:`_load_payload`).  Raises :class:`ArtifactError`, one
+        line naming the file, on any fault.
+        """
+        directory = Path(directory)
+        meta = cls._upgrade_meta(directory, read_meta(directory, cls.family, cls.artifacts))
+        model = cls(**_params_from_meta(cls, meta, directory / META))
+        _set_fitted_from_meta(model, meta, directory / META)
+        try:
+            model._load_payload(directory, meta)
+        except ArtifactError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{directory}: malformed {cls.family!r} model "
+                                f"({type(err).__name__}: {first_line(err)})") from None
+        return model
+
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
+        """Write the family's fitted state into ``directory``; return the files written.
+
+        ``meta`` is what :meth:`save` writes next as ``meta.json``: a family may add
+        keys of its own (library versions, sizes that :meth:`_load_payload` checks).
+        Every file must load without executing code.
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines no _save_payload")
+
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Read what :meth:`_save_payload` wrote into this model.
+
+        The model is already built from ``meta.json``'s parameters, with
+        ``classes_``, ``n_features_in_`` and ``feature_names_in_`` set.  Raise
+        :class:`ArtifactError` naming the file at fault (a ``KeyError``,
+        ``TypeError`` or ``ValueError`` becomes one naming the folder).
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines no _load_payload")
+
+    @classmethod
+    def _upgrade_meta(cls, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        """``meta.json`` of a folder written by an earlier version, in today's form."""
+        return meta
 
     # -- generic transfer stages (lsm.transfer registers family-specific ones) -------
 
@@ -246,7 +316,7 @@ def parse_families(text: str) -> list[str]:
     return names
 
 
-# -- meta.json helpers, used by every family's save/load --------------------------
+# -- meta.json ------------------------------------------------------------------
 
 
 def meta_dict(model: LsmClassifier) -> dict[str, Any]:
@@ -256,7 +326,10 @@ def meta_dict(model: LsmClassifier) -> dict[str, Any]:
     import lsm
 
     params = model.get_params()
-    if not isinstance(params.get("random_state"), (int, type(None))):
+    rs = params.get("random_state")
+    if isinstance(rs, np.integer):
+        params["random_state"] = int(rs)
+    elif not isinstance(rs, (int, type(None))):
         params["random_state"] = None  # a RandomState object is not worth persisting
     cw = params.get("class_weight")
     if isinstance(cw, dict):  # JSON object keys would turn class labels into strings
@@ -264,7 +337,7 @@ def meta_dict(model: LsmClassifier) -> dict[str, Any]:
     names = getattr(model, "feature_names_in_", None)
     return {
         "family": model.family,
-        "format": 1,
+        "format": ARTIFACT_FORMAT,
         "lsm_version": lsm.__version__,
         "sklearn_version": sklearn.__version__,
         "params": params,
@@ -289,45 +362,69 @@ def load_model(directory: Path) -> LsmClassifier:
     return cls.load(directory)
 
 
-def read_meta(directory: Path, family: str) -> dict[str, Any]:
-    """Verify the folder's manifest, then return its ``meta.json`` if it holds ``family``."""
+def read_meta(directory: Path, family: str, artifacts: Sequence[str] = ()) -> dict[str, Any]:
+    """Verify the folder's manifest, then return its ``meta.json`` if it holds ``family``.
+
+    The manifest must list ``meta.json`` and ``artifacts``; the format must be one
+    this version reads.
+    """
     directory = Path(directory)
-    verify_manifest(directory)
-    meta = read_json(directory / META)
+    listed = verify_manifest(directory)
+    path = directory / META
+    meta = read_json(path)
     found = meta.get("family") if isinstance(meta, dict) else None
     if found != family:
-        raise ArtifactError(f"{directory / META}: holds a {found!r} model, not a {family!r} one")
+        raise ArtifactError(f"{path}: holds a {found!r} model, not a {family!r} one")
+    fmt = meta.get("format", ARTIFACT_FORMAT)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or not 1 <= fmt <= ARTIFACT_FORMAT:
+        import lsm
+
+        raise ArtifactError(f"{path}: model format {fmt!r}; lsm {lsm.__version__} reads "
+                            f"format 1 to {ARTIFACT_FORMAT} (written by a newer lsm?)")
+    for name in (META, *artifacts):
+        if name not in listed:
+            raise ArtifactError(f"{directory / name}: not listed in {directory / MANIFEST}")
     return meta
 
 
-def params_from_meta(directory: Path, cls: type[LsmClassifier]) -> dict[str, Any]:
-    """Constructor parameters recorded in ``directory/meta.json`` (verified first)."""
-    meta = read_meta(directory, cls.family)
+def _params_from_meta(cls: type[LsmClassifier], meta: dict[str, Any],
+                      path: Path) -> dict[str, Any]:
+    """Constructor parameters recorded in ``meta`` (JSON lists back to tuples and dicts)."""
     params = meta.get("params")
     if not isinstance(params, dict):
-        raise ArtifactError(f"{Path(directory) / META}: no 'params' object")
+        raise ArtifactError(f"{path}: no 'params' object")
     params = dict(params)
-    if isinstance(params.get("class_weight"), list):
-        params["class_weight"] = {k: v for k, v in params["class_weight"]}
-    unknown = set(params) - set(cls().get_params())
+    defaults = cls().get_params()
+    unknown = set(params) - set(defaults)
     if unknown:
-        raise ArtifactError(f"{Path(directory) / META}: unknown parameters {sorted(unknown)} "
-                            f"for {cls.__name__}")
+        raise ArtifactError(f"{path}: unknown parameters {sorted(unknown)} for {cls.__name__}")
+    try:
+        if isinstance(params.get("class_weight"), list):
+            params["class_weight"] = {k: v for k, v in params["class_weight"]}
+        for k, v in params.items():
+            if isinstance(v, list) and isinstance(defaults[k], tuple):
+                params[k] = tuple(v)  # e.g. the MLP's hidden_layer_sizes
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: malformed 'params' ({err})") from None
     return params
 
 
-def set_fitted_from_meta(model: LsmClassifier, directory: Path) -> dict[str, Any]:
-    """Set ``classes_``, ``n_features_in_``, ``feature_names_in_`` from ``meta.json``."""
-    path = Path(directory) / META
-    meta = read_json(path)
+def _set_fitted_from_meta(model: LsmClassifier, meta: dict[str, Any], path: Path) -> None:
+    """Set ``classes_``, ``n_features_in_``, ``feature_names_in_`` from ``meta``."""
     try:
         model.classes_ = np.asarray(meta["classes"])
         model.n_features_in_ = int(meta["n_features_in"])
         if meta.get("feature_names_in") is not None:
             names = np.asarray(meta["feature_names_in"], dtype=object)
-            if names.size != model.n_features_in_:
+            if names.shape != (model.n_features_in_,):
                 raise ValueError("feature_names_in does not match n_features_in")
             model.feature_names_in_ = names
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed ({err})") from None
-    return meta
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for one-line
+    errors."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else ""

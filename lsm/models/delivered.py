@@ -29,8 +29,8 @@ from scipy.special import expit
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import atomic_write_bytes, read_json, write_json, write_manifest
-from lsm.models.base import LsmClassifier, get_family, read_meta, register
+from lsm.io.artifacts import atomic_write_bytes, read_json, write_json
+from lsm.models.base import LsmClassifier, get_family, register
 
 #: Member probabilities are clipped to [eps, 1 - eps] before the logit: a forest's
 #: unanimous 0 or 1 would otherwise dominate any combination (|logit| <= 6.9).
@@ -89,6 +89,7 @@ class DeliveredModel(LsmClassifier):
 
     family = "delivered"
     selectable = False
+    artifacts = (HEAD,)
     #: permutation SHAP: its cost grows with rows x background x factors
     shap_background = 50
 
@@ -106,23 +107,29 @@ class DeliveredModel(LsmClassifier):
         after normalisation) before that member predicts: a factor whose meaning
         differs between source and target is then ignored by that source model.
         """
-        if set(weights) != set(members):
-            raise ValueError("weights and members must name the same models")
-        neutral = {k: list(v) for k, v in (neutral or {}).items() if v}
-        if set(neutral) - set(members):
-            raise ValueError("neutral columns name unknown members")
         model = cls(strategy=strategy)
-        model.neutral_ = neutral
-        model.members_ = dict(members)
-        model.weights_ = {k: float(v) for k, v in weights.items()}
-        model.intercept_ = float(intercept)
-        model.x_coef_ = None if x_coef is None else np.asarray(x_coef, dtype=np.float64)
-        model.booster_ = booster
+        model._set_head(members=members, weights=weights, intercept=intercept, x_coef=x_coef,
+                        booster=booster, neutral=neutral)
         model.classes_ = np.array([0, 1])
         model.n_features_in_ = int(n_features)
         if feature_names is not None:
             model.feature_names_in_ = np.asarray(feature_names, dtype=object)
         return model
+
+    def _set_head(self, *, members: dict[str, Any], weights: dict[str, float],
+                  intercept: float, x_coef: Any, booster: Any,
+                  neutral: dict[str, list[str]] | None) -> None:
+        if set(weights) != set(members):
+            raise ValueError("weights and members must name the same models")
+        neutral = {k: list(v) for k, v in (neutral or {}).items() if v}
+        if set(neutral) - set(members):
+            raise ValueError("neutral columns name unknown members")
+        self.neutral_ = neutral
+        self.members_ = dict(members)
+        self.weights_ = {k: float(v) for k, v in weights.items()}
+        self.intercept_ = float(intercept)
+        self.x_coef_ = None if x_coef is None else np.asarray(x_coef, dtype=np.float64)
+        self.booster_ = booster
 
     def fit(self, X: Any, y: Any) -> DeliveredModel:
         raise NotImplementedError(
@@ -152,13 +159,9 @@ class DeliveredModel(LsmClassifier):
         p = expit(self.decision_function(X))
         return np.column_stack([1.0 - p, p])
 
-    # -- artifacts -----------------------------------------------------------------
+    # -- artifacts: members/<name>/ (their own formats), head.json, residual.ubj -------
 
-    def save(self, directory: Path) -> list[Path]:
-        """Write members (their own formats), ``head.json``, ``residual.ubj``, manifest."""
-        check_is_fitted(self, "weights_")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
         files: list[Path] = []
         for name, m in self.members_.items():
             files += m.save(directory / MEMBERS / name)
@@ -177,39 +180,44 @@ class DeliveredModel(LsmClassifier):
                                bytes(self.booster_.save_raw(raw_format="ubj")))
             files.append(directory / RESIDUAL)
         files.append(write_json(directory / HEAD, head))
-        # meta.json mirrors the head's identity so read_meta() checks the family
-        files.append(write_json(directory / "meta.json", {"family": self.family, "format": 1,
-                                                          "strategy": self.strategy}))
-        return [*files, write_manifest(directory)]
+        return files
 
-    @classmethod
-    def load(cls, directory: Path) -> DeliveredModel:
-        """Read a folder written by :meth:`save` (every checksum verified first)."""
-        directory = Path(directory)
-        read_meta(directory, cls.family)  # verifies the manifest, members included
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         head = read_json(directory / HEAD)
+        n = self.n_features_in_
         try:
             members = {name: get_family(str(fam)).load(directory / MEMBERS / name)
                        for name, fam in head["members"].items()}
             x_coef = head.get("x_coef")
-            n = int(head["n_features_in"])
-            model = cls.assemble(
-                strategy=str(head.get("strategy", "")), members=members,
-                weights={k: float(v) for k, v in head["weights"].items()},
+            if int(head["n_features_in"]) != n:
+                raise ValueError(f"n_features_in {head['n_features_in']}, meta.json says {n}")
+            self._set_head(
+                members=members, weights={k: float(v) for k, v in head["weights"].items()},
                 intercept=float(head["intercept"]),
                 x_coef=None if x_coef is None else np.asarray(x_coef, dtype=np.float64),
-                feature_names=head.get("feature_names_in"), n_features=n,
-                neutral={str(k): [str(c) for c in v]
-                         for k, v in (head.get("neutral") or {}).items()})
-        except (KeyError, TypeError, ValueError) as err:
+                booster=None, neutral={str(k): [str(c) for c in v]
+                                       for k, v in (head.get("neutral") or {}).items()})
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{directory / HEAD}: malformed ({err})") from None
-        if model.x_coef_ is not None and model.x_coef_.shape != (n,):
-            raise ArtifactError(f"{directory / HEAD}: x_coef has {model.x_coef_.size} values "
+        if self.x_coef_ is not None and self.x_coef_.shape != (n,):
+            raise ArtifactError(f"{directory / HEAD}: x_coef has {self.x_coef_.size} values "
                                 f"for {n} features")
         if head.get("residual"):
             from lsm.models.xgb import load_booster
 
             booster = load_booster(directory / RESIDUAL)
             booster.set_param({"nthread": 1})
-            model.booster_ = booster
-        return model
+            self.booster_ = booster
+
+    @classmethod
+    def _upgrade_meta(cls, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        """Folders written before the shared format keep only the family and strategy in
+        ``meta.json``; the head holds the rest."""
+        if "params" in meta:
+            return meta
+        head = read_json(directory / HEAD)
+        if not isinstance(head, dict):
+            raise ArtifactError(f"{directory / HEAD}: malformed (not a JSON object)")
+        return {**meta, "params": {"strategy": str(head.get("strategy", ""))},
+                "classes": [0, 1], "n_features_in": head.get("n_features_in"),
+                "feature_names_in": head.get("feature_names_in")}

@@ -24,16 +24,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import read_json, write_json, write_manifest
-from lsm.models.base import (
-    META,
-    LsmClassifier,
-    check_weights,
-    meta_dict,
-    params_from_meta,
-    register,
-    set_fitted_from_meta,
-)
+from lsm.io.artifacts import read_json, write_json
+from lsm.models.base import LsmClassifier, check_weights, register
 
 COEF = "coef.json"
 
@@ -70,6 +62,7 @@ class LogisticModel(LsmClassifier):
     decision_is_logit = True
     delivered_target = True
     stage_candidates = ({"lam": 10.0}, {"lam": 1.0})
+    artifacts = (COEF,)
     #: Stage-2 options (L2-SP strength ``lam``) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1})
 
@@ -113,36 +106,21 @@ class LogisticModel(LsmClassifier):
             return np.column_stack([1.0 - p1, p1])
         return softmax(z, axis=1)
 
-    # -- artifacts -----------------------------------------------------------------
+    # -- artifacts: coef.json beside the base class's meta.json -----------------------
 
-    def save(self, directory: Path) -> list[Path]:
-        """Write ``meta.json`` (family, params, classes, features) and ``coef.json``."""
-        check_is_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = [
-            write_json(directory / META, meta_dict(self)),
-            write_json(directory / COEF, {"coef": self.coef_.tolist(),
-                                          "intercept": self.intercept_.tolist(),
-                                          "n_iter": np.asarray(self.n_iter_).tolist()}),
-        ]
-        return [*files, write_manifest(directory)]
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
+        return [write_json(directory / COEF, {"coef": self.coef_.tolist(),
+                                              "intercept": self.intercept_.tolist(),
+                                              "n_iter": np.asarray(self.n_iter_).tolist()})]
 
-    @classmethod
-    def load(cls, directory: Path) -> LogisticModel:
-        """Read a folder written by :meth:`save`; :class:`ArtifactError` if it is not one."""
-        directory = Path(directory)
-        model = cls(**params_from_meta(directory, cls))
-        set_fitted_from_meta(model, directory)
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         coef = read_json(directory / COEF)
         try:
-            model.coef_ = np.asarray(coef["coef"], dtype=np.float64).reshape(
-                -1, model.n_features_in_)
-            model.intercept_ = np.asarray(coef["intercept"], dtype=np.float64).reshape(-1)
-            model.n_iter_ = np.asarray(coef.get("n_iter", [0]))
-        except (KeyError, TypeError, ValueError) as err:
+            self.coef_ = np.asarray(coef["coef"], dtype=np.float64).reshape(
+                -1, self.n_features_in_)
+            self.intercept_ = np.asarray(coef["intercept"], dtype=np.float64).reshape(-1)
+            self.n_iter_ = np.asarray(coef.get("n_iter", [0]))
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{directory / COEF}: malformed ({err})") from None
-        if model.coef_.shape[0] != model.intercept_.size:
+        if self.coef_.shape[0] != self.intercept_.size:
             raise ArtifactError(f"{directory / COEF}: coef and intercept shapes do not match")
-        return model
-

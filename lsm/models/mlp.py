@@ -38,21 +38,15 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import (
-    atomic_write_bytes,
-    read_json,
-    verify_manifest,
-    write_json,
-    write_manifest,
-)
-from lsm.models.base import LsmClassifier, check_weights, register
+from lsm.io.artifacts import atomic_write_bytes
+from lsm.models.base import META, LsmClassifier, check_weights, first_line, register
 
 if TYPE_CHECKING:
     import torch
     from sklearn.utils import Tags
 
 WEIGHTS_FILE = "mlp.pt"
-META_FILE = "meta.json"
+META_FILE = META
 _DEVICES = ("auto", "cpu", "cuda")
 # Below this many validation rows early stopping is noise; train for max_epochs instead.
 _MIN_VALIDATION = 20
@@ -180,6 +174,7 @@ class MLPModel(LsmClassifier):
     short_label = "MLP"
     order = 40
     shap_explainer = "deep"
+    artifacts = (WEIGHTS_FILE,)
     #: Stage-2 options tried by ``--anchor auto``, strong anchoring first; weak settings
     #: also get the optimisation budget to move away from the source.
     anchor_grid = ({"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},
@@ -399,70 +394,41 @@ class MLPModel(LsmClassifier):
         return np.column_stack([1.0 - p1, p1])
 
     # ------------------------------------------------------------------ artifacts
-    def _json_params(self) -> dict[str, Any]:
-        params = self.get_params()
-        params["hidden_layer_sizes"] = list(self._layer_sizes())
-        if not isinstance(params["random_state"], (int, np.integer, type(None))):
-            params["random_state"] = None  # a RandomState instance has no JSON form
-        return params
-
-    def save(self, directory: Path) -> list[Path]:
-        """Write ``mlp.pt`` (the ``state_dict``), ``meta.json`` and ``manifest.json``."""
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
+        """``mlp.pt``: the network's ``state_dict``; the input scaling goes in ``meta.json``."""
         import torch
 
-        check_is_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, buf)
-        weights = directory / WEIGHTS_FILE
-        atomic_write_bytes(weights, buf.getvalue())
-        meta = {
-            "family": self.family,
-            "params": self._json_params(),
-            "classes": self.classes_.tolist(),
-            "feature_names": (self.feature_names_in_.tolist()
-                              if hasattr(self, "feature_names_in_") else None),
-            "n_features": int(self.n_features_in_),
+        atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
+        meta.update({
             "hidden_layer_sizes": list(self._layer_sizes()),
             "input_mean": self.input_mean_.tolist(),
             "input_scale": self.input_scale_.tolist(),
             "n_iter": int(getattr(self, "n_iter_", 0)),
             "best_epoch": int(getattr(self, "best_epoch_", 0)),
             "torch_version": torch.__version__,
-        }
-        meta_path = write_json(directory / META_FILE, meta)
-        manifest = write_manifest(directory, [weights, meta_path])
-        return [weights, meta_path, manifest]
+        })
+        return [directory / WEIGHTS_FILE]
 
-    @classmethod
-    def load(cls, directory: Path) -> MLPModel:
-        """Read a model written by :meth:`save` (weights read with ``weights_only=True``)."""
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Read ``mlp.pt`` with ``torch.load(weights_only=True)`` into a fresh network."""
         import torch
 
-        directory = Path(directory)
-        verify_manifest(directory)
-        meta = read_json(directory / META_FILE)
-        family = meta.get("family") if isinstance(meta, dict) else None
-        if family != cls.family:
-            raise ArtifactError(f"{directory}: holds a model of family {family!r}, "
-                                f"not {cls.family!r}")
+        n_features = self.n_features_in_
         try:
-            params = dict(meta["params"])
-            params["hidden_layer_sizes"] = tuple(meta["hidden_layer_sizes"])
-            n_features = int(meta["n_features"])
+            sizes = self._layer_sizes()
+            if list(sizes) != list(meta["hidden_layer_sizes"]):
+                raise ValueError("hidden_layer_sizes differ from the parameters'")
             mean = np.asarray(meta["input_mean"], dtype=np.float64)
             scale = np.asarray(meta["input_scale"], dtype=np.float64)
-            classes = np.asarray(meta["classes"])
-            model = cls(**params)
-            model._layer_sizes()
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{directory / META_FILE}: incomplete or invalid "
                                 f"({type(err).__name__}: {err})") from None
-        if mean.shape != (n_features,) or scale.shape != (n_features,) or len(classes) != 2:
+        if mean.shape != (n_features,) or scale.shape != (n_features,) or \
+                len(self.classes_) != 2:
             raise ArtifactError(f"{directory / META_FILE}: scaler arrays or classes do not match "
                                 f"n_features={n_features}")
-
         weights = directory / WEIGHTS_FILE
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -470,23 +436,26 @@ class MLPModel(LsmClassifier):
             raise ArtifactError(f"{weights}: missing") from None
         except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
             raise ArtifactError(f"{weights}: unreadable torch state_dict "
-                                f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
-        net = build_net(n_features, params["hidden_layer_sizes"], float(params["dropout"]))
+                                f"({type(err).__name__}: {first_line(err)})") from None
+        net = build_net(n_features, sizes, float(self.dropout))
         try:
             net.load_state_dict(state, strict=True)
         except (RuntimeError, TypeError, AttributeError) as err:
             raise ArtifactError(f"{weights}: weights do not fit the network described in "
-                                f"{META_FILE} ({str(err).splitlines()[0]})") from None
+                                f"{META_FILE} ({first_line(err)})") from None
         net.eval()
+        self.net_ = net.to(resolve_device(self.device, strict=False))
+        self.input_mean_, self.input_scale_ = mean, scale
+        self.n_iter_ = int(meta.get("n_iter", 0))
+        self.best_epoch_ = int(meta.get("best_epoch", 0))
+        self.loss_curve_, self.validation_loss_curve_ = [], []
 
-        model.net_ = net.to(resolve_device(model.device, strict=False))
-        model.classes_ = classes
-        model.n_features_in_ = n_features
-        if meta.get("feature_names") is not None:
-            model.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
-        model.input_mean_, model.input_scale_ = mean, scale
-        model.n_iter_ = int(meta.get("n_iter", 0))
-        model.best_epoch_ = int(meta.get("best_epoch", 0))
-        model.loss_curve_, model.validation_loss_curve_ = [], []
-        return model
-
+    @classmethod
+    def _upgrade_meta(cls, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        """Folders written before the shared format name the inputs ``n_features`` and
+        ``feature_names``."""
+        meta = dict(meta)
+        for old, new in (("n_features", "n_features_in"), ("feature_names", "feature_names_in")):
+            if new not in meta and old in meta:
+                meta[new] = meta.pop(old)
+        return meta

@@ -31,16 +31,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import read_arrays, write_arrays, write_json, write_manifest
-from lsm.models.base import (
-    META,
-    LsmClassifier,
-    check_weights,
-    meta_dict,
-    params_from_meta,
-    register,
-    set_fitted_from_meta,
-)
+from lsm.io.artifacts import read_arrays, write_arrays
+from lsm.models.base import LsmClassifier, check_weights, register
 
 TREES = "trees.npz"
 # Node fields of sklearn's Tree, in the order of its structured ``nodes`` array.
@@ -84,6 +76,7 @@ class RandomForestModel(LsmClassifier):
     shap_background = 100
     delivered_target = True
     few_shot_params = {"n_estimators": 100}
+    artifacts = (TREES,)
     #: Stage-2 options (weight of the source trees) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"source_weight": 1500.0}, {"source_weight": 150.0})
 
@@ -128,13 +121,10 @@ class RandomForestModel(LsmClassifier):
         tags.input_tags.allow_nan = True
         return tags
 
-    # -- artifacts -----------------------------------------------------------------
+    # -- artifacts: trees.npz, and meta.json's "forest" -------------------------------
 
-    def save(self, directory: Path) -> list[Path]:
-        """Write ``meta.json`` and ``trees.npz`` (node arrays of all trees), then the manifest."""
-        check_is_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
+        """``trees.npz``: the node arrays of all trees; ``meta["forest"]``: their shape."""
         trees = self.forest_.estimators_
         states = [t.tree_.__getstate__() for t in trees]
         arrays: dict[str, np.ndarray] = {
@@ -146,7 +136,6 @@ class RandomForestModel(LsmClassifier):
         }
         for name in states[0]["nodes"].dtype.names:
             arrays[name] = np.concatenate([s["nodes"][name] for s in states])
-        meta = meta_dict(self)
         meta["forest"] = {
             "n_classes": int(len(self.classes_)),
             "n_outputs": int(self.forest_.n_outputs_),
@@ -159,19 +148,14 @@ class RandomForestModel(LsmClassifier):
             "tree_params": {k: v for k, v in trees[0].get_params().items()
                             if k not in ("random_state", "class_weight")},
         }
-        files = [write_arrays(directory / TREES, arrays), write_json(directory / META, meta)]
-        return [*files, write_manifest(directory)]
+        return [write_arrays(directory / TREES, arrays)]
 
-    @classmethod
-    def load(cls, directory: Path) -> RandomForestModel:
-        """Rebuild a forest written by :meth:`save` (no pickles; checksums verified first)."""
-        directory = Path(directory)
-        model = cls(**params_from_meta(directory, cls))
-        meta = set_fitted_from_meta(model, directory)
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Rebuild the forest from ``trees.npz`` (validated: no pickles, no unsafe trees)."""
         arrays = read_arrays(directory / TREES)
         try:
             info = meta["forest"]
-            trees = _rebuild_trees(arrays, model.n_features_in_, int(info["n_classes"]),
+            trees = _rebuild_trees(arrays, self.n_features_in_, int(info["n_classes"]),
                                    dict(info["tree_params"]))
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{directory / TREES}: does not hold a valid forest "
@@ -181,19 +165,18 @@ class RandomForestModel(LsmClassifier):
                                 f"{info['n_trees']}")
         k = int(info["n_classes"])
         forest = RandomForestClassifier(
-            n_estimators=len(trees), max_depth=model.max_depth,
-            min_samples_leaf=model.min_samples_leaf, max_features=model.max_features,
-            n_jobs=model.n_jobs, random_state=model.random_state)
+            n_estimators=len(trees), max_depth=self.max_depth,
+            min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            n_jobs=self.n_jobs, random_state=self.random_state)
         forest.estimator_ = DecisionTreeClassifier()
         forest.estimators_ = trees
-        forest.n_features_in_ = model.n_features_in_
+        forest.n_features_in_ = self.n_features_in_
         forest.n_outputs_ = 1
         forest.classes_ = np.arange(k)
         forest.n_classes_ = k
         forest._n_samples = int(info.get("n_samples", 0))
         forest._n_samples_bootstrap = info.get("n_samples_bootstrap")
-        model.forest_ = forest
-        return model
+        self.forest_ = forest
 
 
 def forest_proba(trees: list[DecisionTreeClassifier], X: np.ndarray, *,

@@ -23,16 +23,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
-from lsm.io.artifacts import atomic_write_bytes, write_json, write_manifest
-from lsm.models.base import (
-    META,
-    LsmClassifier,
-    check_weights,
-    meta_dict,
-    params_from_meta,
-    register,
-    set_fitted_from_meta,
-)
+from lsm.io.artifacts import atomic_write_bytes
+from lsm.models.base import LsmClassifier, check_weights, register
 
 BOOSTER = "model.ubj"
 
@@ -72,6 +64,7 @@ class XGBModel(LsmClassifier):
     order = 30
     shap_explainer = "booster"
     delivered_target = True
+    artifacts = (BOOSTER,)
     #: Stage-2 options (extra boosting rounds) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"n_rounds": 10}, {"n_rounds": 40},
                    {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3})
@@ -130,40 +123,26 @@ class XGBModel(LsmClassifier):
         tags.input_tags.allow_nan = True
         return tags
 
-    # -- artifacts -----------------------------------------------------------------
+    # -- artifacts: model.ubj (XGBoost's UBJSON) --------------------------------------
 
-    def save(self, directory: Path) -> list[Path]:
-        """Write ``model.ubj`` (the booster, UBJSON) and ``meta.json``, then the manifest."""
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
         import xgboost as xgb
 
-        check_is_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        booster = directory / BOOSTER
-        atomic_write_bytes(booster, bytes(self.booster_.save_raw(raw_format="ubj")))
-        meta = meta_dict(self)
+        atomic_write_bytes(directory / BOOSTER, bytes(self.booster_.save_raw(raw_format="ubj")))
         meta["xgboost_version"] = xgb.__version__
         meta["n_trees"] = n_trees(self.booster_)
-        files = [booster, write_json(directory / META, meta)]
-        return [*files, write_manifest(directory)]
+        return [directory / BOOSTER]
 
-    @classmethod
-    def load(cls, directory: Path) -> XGBModel:
-        """Read a folder written by :meth:`save` (checksums verified first)."""
-
-        directory = Path(directory)
-        model = cls(**params_from_meta(directory, cls))
-        meta = set_fitted_from_meta(model, directory)
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         booster = load_booster(directory / BOOSTER)
-        if booster.num_features() != model.n_features_in_:
+        if booster.num_features() != self.n_features_in_:
             raise ArtifactError(f"{directory / BOOSTER}: {booster.num_features()} features, "
-                                f"meta.json says {model.n_features_in_}")
+                                f"meta.json says {self.n_features_in_}")
         if "n_trees" in meta and n_trees(booster) != int(meta["n_trees"]):
             raise ArtifactError(f"{directory / BOOSTER}: {n_trees(booster)} trees, meta.json "
                                 f"says {meta['n_trees']}")
-        booster.set_param(xgb_threads(model.n_jobs))
-        model.booster_ = booster
-        return model
+        booster.set_param(xgb_threads(self.n_jobs))
+        self.booster_ = booster
 
 
 def load_booster(path: Path) -> Any:

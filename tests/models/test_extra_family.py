@@ -1,10 +1,10 @@
 """A fifth model family declared in this file alone runs fit, finetune, predict and explain.
 
 The family wraps scikit-learn's Gaussian naive Bayes (a generative model, unlike
-the four built-in families).  Its artifacts are ``meta.json`` plus an ``.npz``
-of its fitted arrays, written and read with the base-class helpers; it takes
-the generic transfer stages and the permutation SHAP explainer of the base
-class.  Nothing outside this file knows about it.
+the four built-in families).  Its artifact format is one ``.npz`` of its fitted
+arrays (the payload hooks); the base class writes and checks ``meta.json`` and
+the manifest.  It takes the generic transfer stages and the permutation SHAP
+explainer of the base class.  Nothing outside this file knows about it.
 """
 
 from __future__ import annotations
@@ -18,17 +18,8 @@ import pytest
 from sklearn.naive_bayes import GaussianNB
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from lsm.io.artifacts import read_arrays, write_arrays, write_json, write_manifest
-from lsm.models.base import (
-    FAMILIES,
-    META,
-    LsmClassifier,
-    check_weights,
-    meta_dict,
-    params_from_meta,
-    register,
-    set_fitted_from_meta,
-)
+from lsm.io.artifacts import read_arrays, write_arrays
+from lsm.models.base import FAMILIES, LsmClassifier, check_weights, register
 
 STATE = "state.npz"
 
@@ -63,23 +54,16 @@ class NaiveBayesModel(LsmClassifier):
         p = np.exp(jll)
         return p / p.sum(axis=1, keepdims=True)
 
-    def save(self, directory: Path) -> list[Path]:
-        check_is_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = [write_json(directory / META, meta_dict(self)),
-                 write_arrays(directory / STATE, {"theta": self.theta_, "var": self.var_,
-                                                  "prior": self.class_prior_})]
-        return [*files, write_manifest(directory)]
+    # the artifact format: state.npz beside the base class's meta.json and manifest
+    artifacts = (STATE,)
 
-    @classmethod
-    def load(cls, directory: Path) -> NaiveBayesModel:
-        directory = Path(directory)
-        model = cls(**params_from_meta(directory, cls))
-        set_fitted_from_meta(model, directory)
+    def _save_payload(self, directory: Path, meta: dict[str, Any]) -> list[Path]:
+        return [write_arrays(directory / STATE, {"theta": self.theta_, "var": self.var_,
+                                                 "prior": self.class_prior_})]
+
+    def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         a = read_arrays(directory / STATE)
-        model.theta_, model.var_, model.class_prior_ = a["theta"], a["var"], a["prior"]
-        return model
+        self.theta_, self.var_, self.class_prior_ = a["theta"], a["var"], a["prior"]
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,7 @@ def test_wrong_family_and_missing_manifest_are_refused(fitted: MLPModel, tmp_pat
     meta = read_json(tmp_path / META_FILE)
     write_json(tmp_path / META_FILE, {**meta, "family": "xgb"})
     write_manifest(tmp_path, [tmp_path / WEIGHTS_FILE, tmp_path / META_FILE])
-    with pytest.raises(ArtifactError, match="family 'xgb'"):
+    with pytest.raises(ArtifactError, match="'xgb' model"):
         MLPModel.load(tmp_path)
     with pytest.raises(ArtifactError, match="manifest"):
         MLPModel.load(tmp_path / "nowhere")
