@@ -29,6 +29,23 @@ attributes and methods:
 :data:`FAMILIES` is the one registry: the CLI choices, the config schemas,
 the reports and the tests derive from it, so workflows never branch on the
 model type.
+
+Example
+-------
+A family whose fitted state is one array file (``tests/models/test_extra_family.py``
+runs such a family through fit, finetune, predict and explain):
+
+>>> @register                                                # doctest: +SKIP
+... class NaiveBayesModel(LsmClassifier):
+...     family, label, order = "nb", "naive Bayes", 50
+...     artifacts = ("state.npz",)
+...     def __init__(self, *, var_smoothing=1e-9): ...
+...     def fit(self, X, y, sample_weight=None): ...
+...     def predict_proba(self, X): ...
+...     def _save_payload(self, directory, meta):
+...         return [write_arrays(directory / "state.npz", {"theta": self.theta_})]
+...     def _load_payload(self, directory, meta):
+...         self.theta_ = read_arrays(directory / "state.npz")["theta"]
 """
 
 from __future__ import annotations
