@@ -760,6 +760,24 @@ def test_concurrent_run_on_one_out_is_refused(world: Path,
     assert o.rc == 0, o.err
 
 
+def test_concurrent_lsm_run_on_one_out_is_refused(world: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (world / "pipe").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from lsm.workflows.runs import claim_run_dir\n"
+         "claim_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+         str(world / "pipe")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        o = cli(["run", str(Path(__file__).parents[1] / "pipelines" / "demo.yaml"), "--out",
+                 "pipe", "-q"], world, capsys)
+        assert_clean_error(o, names=r"pipe: in use by another lsm process")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _lsm(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "lsm.cli", *args], cwd=cwd, env=env,

@@ -323,8 +323,10 @@ def run_pipeline(cfg: PipelineConfig, *, out: Path | None = None, force: bool = 
         Command line recorded in the run folders.
     """
     t0 = time.perf_counter()
-    out = Path(out or cfg.results_dir())
-    out.mkdir(parents=True, exist_ok=True)
+    from lsm.workflows.runs import claim_run_dir
+
+    # one lsm run per results folder: a second one on it stops at once with one line
+    out = claim_run_dir(Path(out or cfg.results_dir()))
     meta = _pipeline_meta(cfg, overrides or {}, command)
     plan = build_plan(cfg)
     runner = _Runner(plan, out, force=force, command=command)
