@@ -11,6 +11,7 @@ The totals of this battery are in the closing note of issue 9; each case is one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -734,26 +735,33 @@ def test_read_only_out_is_one_line(command: str, world: Path, small_fs: Any,
     assert_clean_error(o, names=r"read-only file system: .*ro/new", rc=1)
 
 
-def test_concurrent_run_on_one_out_is_refused(world: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """Another process holds runs/src (as a running fit or predict does): a second command
-    on it stops at once with one line naming the folder and the other process."""
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[int]:
+    """Another process holds ``folder`` (as a running lsm command does); yields its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from lsm.workflows.runs import claim_run_dir\n"
          "claim_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(60)",
-         str(world / "runs" / "src")], stdout=subprocess.PIPE, text=True)
+         str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        o = cli(["fit", "--source", "demo/demo-source.yaml", "--model", "lr", "--no-cv",
-                 "--out", "runs/src", "-q"], world, capsys)
-        assert_clean_error(o, names=rf"runs/src: in use by another lsm process \(pid "
-                                    rf"{holder.pid}\)")
-        o = cli(["predict", "--run", "runs/src", "--model", "lr", "-q"], world, capsys)
-        assert_clean_error(o, names=r"runs/src: in use by another lsm process")
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_concurrent_run_on_one_out_is_refused(world: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process holds runs/src (as a running fit or predict does): a second command
+    on it stops at once with one line naming the folder and the other process."""
+    with _held(world / "runs" / "src") as pid:
+        o = cli(["fit", "--source", "demo/demo-source.yaml", "--model", "lr", "--no-cv",
+                 "--out", "runs/src", "-q"], world, capsys)
+        assert_clean_error(o, names=rf"runs/src: in use by another lsm process \(pid "
+                                    rf"{pid}\)")
+        o = cli(["predict", "--run", "runs/src", "--model", "lr", "-q"], world, capsys)
+        assert_clean_error(o, names=r"runs/src: in use by another lsm process")
     # once the other process is gone the folder is free again
     o = cli(["predict", "--run", "runs/src", "--model", "lr", "-q"], world, capsys,
             allowed=("runs/src/",))
@@ -763,19 +771,10 @@ def test_concurrent_run_on_one_out_is_refused(world: Path,
 def test_concurrent_lsm_run_on_one_out_is_refused(world: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (world / "pipe").mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\n"
-         "from lsm.workflows.runs import claim_run_dir\n"
-         "claim_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(60)",
-         str(world / "pipe")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with _held(world / "pipe"):
         o = cli(["run", str(Path(__file__).parents[1] / "pipelines" / "demo.yaml"), "--out",
                  "pipe", "-q"], world, capsys)
         assert_clean_error(o, names=r"pipe: in use by another lsm process")
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _lsm(args: list[str], cwd: Path) -> subprocess.Popen[str]:

@@ -185,15 +185,27 @@ def verify_manifest(directory: Path) -> set[str]:
     man = directory / MANIFEST
     if not man.exists():
         raise ArtifactError(f"{directory}: not a model folder ({MANIFEST} missing)")
+    entries = manifest_entries(man)
+    check_entries(directory, entries, changed="changed or truncated")
+    return set(entries)
+
+
+def manifest_entries(man: Path) -> dict[str, str]:
+    """The ``files`` table (relative path -> sha256) of the manifest file ``man``."""
     doc = read_json(man)
     entries = doc.get("files", {}) if isinstance(doc, dict) else None
     if not isinstance(entries, dict):
         raise ArtifactError(f"{man}: malformed (no 'files' object)")
+    return entries
+
+
+def check_entries(directory: Path, entries: dict[str, str], *, changed: str) -> None:
+    """Raise :class:`ArtifactError` unless every listed file exists with its sha256;
+    ``changed`` says what a mismatch means ("changed or truncated", ...)."""
     for rel, digest in entries.items():
-        p = directory / rel
-        if not p.exists():
+        p = Path(directory) / rel
+        if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
         if sha256_file(p) != digest:
-            raise ArtifactError(f"{p}: checksum differs from {MANIFEST}; the file was changed "
-                                "or truncated, refusing to load it")
-    return set(entries)
+            raise ArtifactError(f"{p}: checksum differs from {Path(directory) / MANIFEST}; "
+                                f"the file was {changed}, refusing to load it")

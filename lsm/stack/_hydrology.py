@@ -66,6 +66,14 @@ def _heap_pop(lev, idx, n):
         idx[k] = cell
 
 @_jit
+def _doubled(a, n):
+    """``a`` at twice its size, its first ``n`` entries kept (a growing stack or heap)."""
+    out = np.empty(2 * a.size, dtype=a.dtype)
+    out[:n] = a[:n]
+    return out
+
+
+@_jit
 def _fill(flat, shut, ny, nx, seeds, eps, di, dj):
     """Priority-Flood+epsilon in place on the flat ``flat`` (inf where invalid).
 
@@ -79,17 +87,11 @@ def _fill(flat, shut, ny, nx, seeds, eps, di, dj):
     n = 0
     for s in seeds:
         shut[s] = 1
-        if n == cap:
-            cap *= 2
-            lev2 = np.empty(cap, dtype=np.float64)
-            idx2 = np.empty(cap, dtype=np.int64)
-            lev2[:n] = lev[:n]
-            idx2[:n] = idx[:n]
-            lev, idx = lev2, idx2
+        if n == lev.size:
+            lev, idx = _doubled(lev, n), _doubled(idx, n)
         _heap_push(lev, idx, n, flat[s], s)
         n += 1
-    qcap = 1024
-    queue = np.empty(qcap, dtype=np.int64)
+    queue = np.empty(1024, dtype=np.int64)
     head = 0
     tail = 0
     while n > 0 or head < tail:
@@ -115,26 +117,18 @@ def _fill(flat, shut, ny, nx, seeds, eps, di, dj):
             shut[nb] = 1
             if flat[nb] <= level + eps:
                 flat[nb] = level + eps
-                if tail == qcap:
+                if tail == queue.size:
                     if head > 0:  # reuse the consumed front of the queue
                         queue[:tail - head] = queue[head:tail]
                         tail -= head
                         head = 0
-                    if tail == qcap:
-                        qcap *= 2
-                        q2 = np.empty(qcap, dtype=np.int64)
-                        q2[:tail] = queue[:tail]
-                        queue = q2
+                    if tail == queue.size:
+                        queue = _doubled(queue, tail)
                 queue[tail] = nb
                 tail += 1
             else:
-                if n == cap:
-                    cap *= 2
-                    lev2 = np.empty(cap, dtype=np.float64)
-                    idx2 = np.empty(cap, dtype=np.int64)
-                    lev2[:n] = lev[:n]
-                    idx2[:n] = idx[:n]
-                    lev, idx = lev2, idx2
+                if n == lev.size:
+                    lev, idx = _doubled(lev, n), _doubled(idx, n)
                 _heap_push(lev, idx, n, flat[nb], nb)
                 n += 1
 
@@ -179,17 +173,13 @@ def _accumulate(filled, dist, exponent, di, dj):
                 c = j - dj[k]
                 if 0 <= r < ny and 0 <= c < nx and filled[r, c] - z > 0:
                     pending[i, j] += 1
-    cap = 1024
-    stack = np.empty(cap, dtype=np.int64)
+    stack = np.empty(1024, dtype=np.int64)
     top = 0
     for i in range(ny):
         for j in range(nx):
             if pending[i, j] == 0 and np.isfinite(filled[i, j]):
-                if top == cap:
-                    cap *= 2
-                    s2 = np.empty(cap, dtype=np.int64)
-                    s2[:top] = stack[:top]
-                    stack = s2
+                if top == stack.size:
+                    stack = _doubled(stack, top)
                 stack[top] = i * nx + j
                 top += 1
                 while top > 0:
@@ -208,11 +198,8 @@ def _accumulate(filled, dist, exponent, di, dj):
                                 acc[r, c] += a * (w[k] / total)
                             pending[r, c] -= 1
                             if pending[r, c] == 0:
-                                if top == cap:
-                                    cap *= 2
-                                    s2 = np.empty(cap, dtype=np.int64)
-                                    s2[:top] = stack[:top]
-                                    stack = s2
+                                if top == stack.size:
+                                    stack = _doubled(stack, top)
                                 stack[top] = r * nx + c
                                 top += 1
     return acc
@@ -258,8 +245,7 @@ def fill_depressions(z: np.ndarray, seed: np.ndarray, valid: np.ndarray,
     np.copyto(filled, z)
     filled[~valid] = np.inf
     closed = np.logical_not(valid).view(np.uint8).reshape(-1)
-    _fill(filled.reshape(-1), closed, ny, nx, np.flatnonzero(seed), float(eps),
-                       _DI, _DJ)
+    _fill(filled.reshape(-1), closed, ny, nx, np.flatnonzero(seed), float(eps), _DI, _DJ)
     del closed
     filled[~valid] = np.nan
     return filled
@@ -270,7 +256,7 @@ def mfd_accumulation(filled: np.ndarray, hx: float, hy: float,
     """Contributing cells (float64, NaN where ``filled`` is NaN); see terrain._mfd_accumulation."""
     dist = np.array([math.hypot(di * hy, dj * hx) for di, dj in zip(_DI, _DJ, strict=True)])
     return _accumulate(np.ascontiguousarray(filled, dtype=np.float64), dist,
-                                    float(exponent), _DI, _DJ)
+                       float(exponent), _DI, _DJ)
 
 
 def wetness(z: np.ndarray, acc: np.ndarray, hx: float, hy: float,
@@ -278,5 +264,5 @@ def wetness(z: np.ndarray, acc: np.ndarray, hx: float, hy: float,
     """Wetness index from the unfilled DEM and the accumulation; see terrain._twi_numpy."""
     width = math.sqrt(abs(hx * hy))
     # z stays in its own dtype (float32 values are promoted exactly cell by cell)
-    return _wetness(np.ascontiguousarray(z), acc, float(hx),
-                                 float(hy), float(abs(hx * hy)), width, float(min_tan))
+    return _wetness(np.ascontiguousarray(z), acc, float(hx), float(hy), float(abs(hx * hy)),
+                    width, float(min_tan))

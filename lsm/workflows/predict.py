@@ -69,23 +69,13 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     from lsm.mapping.predict import predict_raster
     from lsm.mapping.quicklook import quicklook_png
     from lsm.mapping.zones import ZONE_COLORS, ZONE_NAMES, classify_zones, zone_statistics
-    from lsm.workflows.region import load_region_data
 
     spec = load_region(region) if region else _run_spec(run)
     if spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a table region; "
                         "maps need a raster region")
-    family = family or _best_family(run)
-    if family not in run.models:
-        raise FactorMismatchError(f"run {run.path} has no model {family!r} "
-                                  f"(it has {', '.join(run.models)})")
-    missing = [f for f in run.schema.factors if f not in spec.factor_names]
-    if missing:
-        raise FactorMismatchError(f"{spec.source_file or spec.name}: region lacks factor(s) "
-                                  f"{missing} that the model was trained on")
-    data = load_region_data(spec, progress=progress, factors=run.schema.factors)
-    stats = region_stats_for(run, spec, data.stats)
-    fn = make_predict_fn(run, family, spec, stats, prevalence=prevalence)
+    family, data, stats, fn = _model_on_region(run, family, spec, prevalence=prevalence,
+                                               progress=progress)
     assert data.stack is not None
     prob = predict_raster(data.stack, fn, factors=run.schema.factors)
     out = Path(out or run.path / "maps")
@@ -174,6 +164,28 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
             "prediction_rate_auc": None if prediction is None else float(prediction.auc),
             "n_seen_landslides": int((seen & ok).sum()),
             "n_unseen_landslides": int((~seen & ok).sum())}
+
+
+def _model_on_region(run: Run, family: str | None, spec: RegionSpec, *,
+                     prevalence: float | None, progress: bool
+                     ) -> tuple[str, Any, dict[str, Any], Callable[[pd.DataFrame], np.ndarray]]:
+    """The family to map (default: the run's delivered or best), checked against the run
+    and the region's factors before the region is loaded; then the region's data, its
+    statistics as the run normalises them, and the table -> probability function."""
+    from lsm.workflows.region import load_region_data
+
+    family = family or _best_family(run)
+    if family not in run.models:
+        raise FactorMismatchError(f"run {run.path} has no model {family!r} "
+                                  f"(it has {', '.join(run.models)})")
+    missing = [f for f in run.schema.factors if f not in spec.factor_names]
+    if missing:
+        raise FactorMismatchError(f"{spec.source_file or spec.name}: region lacks factor(s) "
+                                  f"{missing} that the model was trained on")
+    data = load_region_data(spec, progress=progress, factors=run.schema.factors)
+    stats = region_stats_for(run, spec, data.stats)
+    return family, data, stats, make_predict_fn(run, family, spec, stats,
+                                                prevalence=prevalence)
 
 
 def _run_spec(run: Run) -> RegionSpec:
@@ -300,23 +312,13 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     import xarray as xr
 
     from lsm.mapping.zones import ZONE_NAMES, classify_zones
-    from lsm.workflows.region import load_region_data
 
     spec = spec or (load_region(region) if region else _run_spec(run))
     if not spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a raster region; "
                         "use predict_maps")
-    family = family or _best_family(run)
-    if family not in run.models:
-        raise FactorMismatchError(f"run {run.path} has no model {family!r} "
-                                  f"(it has {', '.join(run.models)})")
-    missing = [f for f in run.schema.factors if f not in spec.factor_names]
-    if missing:
-        raise FactorMismatchError(f"{spec.source_file or spec.name}: region lacks factor(s) "
-                                  f"{missing} that the model was trained on")
-    data = load_region_data(spec, progress=progress, factors=run.schema.factors)
-    stats = region_stats_for(run, spec, data.stats)
-    fn = make_predict_fn(run, family, spec, stats, prevalence=prevalence)
+    family, data, stats, fn = _model_on_region(run, family, spec, prevalence=prevalence,
+                                               progress=progress)
     table = data.table
     p = np.asarray(fn(table), dtype=np.float64)
     withheld = zones_withheld(run, force_zones)

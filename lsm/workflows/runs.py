@@ -34,8 +34,9 @@ from lsm.config.spec import check_name
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import (
     MANIFEST,
+    check_entries,
+    manifest_entries,
     read_json,
-    sha256_file,
     with_path,
     write_json,
     write_manifest,
@@ -157,21 +158,13 @@ def verify_run(path: Path) -> None:
                                 "lsm); run it again")
         raise ArtifactError(f"{path}: not a run folder ({MODEL_JSON} missing; run 'lsm fit' "
                             "first)")
-    entries = read_json(man).get("files")
-    if not isinstance(entries, dict):
-        raise ArtifactError(f"{man}: no 'files' table")
+    entries = manifest_entries(man)
     for required in RUN_FILES:
         if required not in entries:
             raise ArtifactError(f"{man}: does not cover {required}; refusing the run")
     if not any(k.startswith("model/") for k in entries):
         raise ArtifactError(f"{man}: lists no model files; refusing the run")
-    for rel, digest in entries.items():
-        p = path / rel
-        if not p.is_file():
-            raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
-        if sha256_file(p) != digest:
-            raise ArtifactError(f"{p}: checksum differs from {man}; the file was changed "
-                                "after the run was written, refusing to load it")
+    check_entries(path, entries, changed="changed after the run was written")
     listed = set(entries)
     extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed]
     if extra:
