@@ -40,8 +40,13 @@ def _verdict_section(metrics: dict[str, Any]) -> list[str]:
 def map_provenance(meta: dict[str, Any], metrics: dict[str, Any], family: str) -> str:
     """Which arm, repeat and shots made the model behind a map."""
     if meta.get("kind") == "fit":
+        n_fam = len(metrics.get("cv", {}))
+        chosen = (f" Unless `--model` named it, the family was chosen by the highest "
+                  f"spatial-CV AUC of {n_fam}: the same cross-validation that reports its "
+                  "skill, so that AUC is the best of several and slightly optimistic."
+                  if n_fam > 1 else "")
         return (f"`{family}` fitted on all {metrics.get('n', '?')} sample points of the "
-                "source region (the final fit after cross-validation).")
+                f"source region (the final fit after cross-validation).{chosen}")
     mm = (metrics.get("delivered") or {}).get("map_model") or {}
     if family == "delivered" and mm:
         return (f"arm `delivered`, strategy `{mm['chosen']}`, re-fitted on {mm['trained_on']}"

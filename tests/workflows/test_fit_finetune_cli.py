@@ -71,6 +71,8 @@ def test_fit_maps_match_stack_grid(source_run: Path, demo_dir: Path) -> None:
     report = (source_run / "report.md").read_text()
     assert "## Model performance" in report and "lsm fit" in report
     assert "density ratio" in report
+    # the mapped family was chosen by the CV that reports its skill: the report says so
+    assert "the same cross-validation that reports its skill" in report
 
 
 @pytest.fixture(scope="module")
