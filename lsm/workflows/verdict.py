@@ -64,8 +64,13 @@ def verdicts(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             d = paired.get(_key(row, arm, base))
             if d is None:
                 continue
-            auc, ll = d.get("auc"), d.get("log_loss")
-            v["vs"][base] = {"auc": auc, "log_loss": ll, "word": _word(auc, ll)}
+            # the prior-corrected log-loss where the run has it (a test set whose landslide
+            # share differs from the training rows'), as the paired lines show
+            ll_key = "log_loss_prior_corrected" if "log_loss_prior_corrected" in d \
+                else "log_loss"
+            auc, ll = d.get("auc"), d.get(ll_key)
+            v["vs"][base] = {"auc": auc, "log_loss": ll, "log_loss_metric": ll_key,
+                             "word": _word(auc, ll)}
         s = metrics["models"][row][arm]
         v["auc"] = s["auc"]["mean"]
         v["log_loss"] = s["log_loss"]["mean"]
@@ -87,7 +92,9 @@ def verdict_line(v: dict[str, Any]) -> str:
                 "(no paired baselines in this mode)")
     parts = []
     for base, d in v["vs"].items():
-        diffs = ", ".join(x for x in (_diff(d["auc"], "AUC"), _diff(d["log_loss"], "log-loss"))
+        ll_name = "log-loss (prior-corr.)" if d.get("log_loss_metric") == \
+            "log_loss_prior_corrected" else "log-loss"
+        diffs = ", ".join(x for x in (_diff(d["auc"], "AUC"), _diff(d["log_loss"], ll_name))
                           if x)
         parts.append(f"vs {base} {d['word']} ({diffs})")
     return f"verdict {what}: " + "; ".join(parts)

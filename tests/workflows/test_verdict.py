@@ -49,6 +49,16 @@ def test_verdict_words_follow_the_intervals() -> None:
     assert "vs source_only no clear difference" in line
 
 
+def test_verdict_uses_the_prior_corrected_log_loss_where_the_run_has_it() -> None:
+    m = _metrics()
+    m["paired"]["lsm: delivered - source_only"]["log_loss_prior_corrected"] = \
+        _d(-0.05, -0.08, -0.02)  # plain log-loss: no clear difference; corrected: better
+    v = verdicts(m)[0]
+    assert v["vs"]["source_only"]["word"] == "better"
+    assert "Δlog-loss (prior-corr.) -0.050" in verdict_line(v)
+    assert "Δlog-loss -0.020" in verdict_line(v)  # target_only has no corrected value
+
+
 def test_skill_check_flags_near_chance() -> None:
     assert not skill_check(_metrics())["near_chance"]
     m = _metrics(auc_delivered=0.55)
