@@ -115,6 +115,13 @@ def _colour(i: int) -> str:
     return _CYCLE[i % len(_CYCLE)]
 
 
+def _line(i: int) -> dict[str, str]:
+    """Colour and line style of the ``i``-th curve: past the colour cycle the colours
+    repeat dashed, so two curves never look the same (a fine-tune's ROC and reliability
+    plots have 9 curves for 8 colours)."""
+    return {"color": _colour(i), "ls": "-" if i < len(_CYCLE) else "--"}
+
+
 def _percent_axes(ax: Any) -> None:
     from matplotlib.ticker import PercentFormatter
 
@@ -144,7 +151,7 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: PathLike,
         ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.5", label="chance (AUC 0.500)")
         for i, (label, (y, p)) in enumerate(curves.items()):
             c = roc_points(y, p)
-            ax.plot(c.fpr, c.tpr, lw=2, color=_colour(i), label=f"{label} (AUC {c.auc:.3f})")
+            ax.plot(c.fpr, c.tpr, lw=2, **_line(i), label=f"{label} (AUC {c.auc:.3f})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_aspect("equal")
@@ -234,9 +241,11 @@ def plot_reliability(curves: Mapping[str, tuple[Any, Any]], path: PathLike,
             pp = np.asarray(p, dtype="float64").ravel()
             ok = np.isfinite(pp) & np.isfinite(yy)
             brier = float(np.mean((pp[ok] - yy[ok]) ** 2)) if ok.any() else float("nan")
+            style = _line(i)
             ax.plot(used["mean_predicted"], used["observed"], marker="o", ms=5, lw=1.8,
-                    color=_colour(i), label=f"{label} (Brier {brier:.3f})")
-            axh.stairs(t["count"].to_numpy(), edges, color=_colour(i), lw=1.6)
+                    **style, label=f"{label} (Brier {brier:.3f})")
+            axh.stairs(t["count"].to_numpy(), edges, color=style["color"],
+                       linestyle=style["ls"], lw=1.6)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_ylabel("observed landslide share")

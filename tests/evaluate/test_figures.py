@@ -162,3 +162,11 @@ def test_save_figure_is_atomic_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
     save_figure(fig, target)
     assert target.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_curve_styles_stay_distinct_past_the_colour_cycle() -> None:
+    """A fine-tune's ROC and reliability plots have 9 curves for 8 colours."""
+    from lsm.evaluate.figures import _line
+
+    styles = {tuple(sorted(_line(i).items())) for i in range(12)}
+    assert len(styles) == 12
