@@ -166,6 +166,10 @@ class _Setup:
     holdout: tuple[np.ndarray, str] | None = None  # study mode: (test mask, split kind)
 
 
+#: Columns of ``test_predictions.parquet`` that locate a test point, not a model's output.
+PIXEL_COLUMNS = ("row", "col")
+
+
 def _prepare(cfg: FinetuneConfig) -> _Setup:
     run = load_run(cfg.source_run, families=list(cfg.models) if cfg.models else None)
     families = [f for f in (cfg.models or run.models) if f != DELIVERED]
@@ -357,7 +361,10 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
                      "holdout": score(p, 0.5)}
         _flag_relations(s, sel.relations, "the labelled points outside the hold-out")
     metrics_extra["_test_predictions"] = (
-        pd.DataFrame({"label": y_test, **test_p}),
+        # row/col of the hold-out pixels (raster targets): the rate curves of the map
+        # model tell the landslides it was trained on from those it never saw
+        pd.DataFrame({**{c: s.target.table[c].to_numpy()[test] for c in PIXEL_COLUMNS
+                         if c in s.target.table}, "label": y_test, **test_p}),
         f"the {split} hold-out ({int(test.sum())} points): the delivered map model and each "
         "family's source-only and stage-2 models of repeat 1, as the map shows them")
     arms_of = {f: ARMS for f in families} | {CHOSEN: CHOSEN_ARMS}

@@ -106,7 +106,9 @@ def evaluation_figures(run: Run) -> dict[str, str]:
 
         path = checked_file(run, "test_predictions")
         if path is not None:
-            preds = pd.read_parquet(path)
+            from lsm.workflows.finetune import PIXEL_COLUMNS
+
+            preds = pd.read_parquet(path).drop(columns=list(PIXEL_COLUMNS), errors="ignore")
             y = preds.pop("label").to_numpy()
             curves = {c: (y, preds[c].to_numpy()) for c in preds.columns
                       if np.isfinite(preds[c]).all()}

@@ -115,7 +115,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
         warnings.warn(withheld, UserWarning, stacklevel=2)
         _remove_stale(out, stem, ("_zones.tif", "_zones.png", "_zones.qml",
                                   "_zones.tif.aux.xml"))
-    rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png")
+    rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family)
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
                            replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
     result = {
@@ -131,7 +131,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
 
 
 def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame,
-                 path: Path) -> dict[str, Any]:
+                 path: Path, family: str) -> dict[str, Any]:
     """Success-rate (landslides the model saw) and prediction-rate (landslides it did
     not see) curves of a probability map."""
     import xarray as xr
@@ -147,10 +147,7 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
     p_ls = prob.isel(y=xr.DataArray(rows, dims="pt"), x=xr.DataArray(cols, dims="pt")).values
     seen = np.zeros(len(rows), dtype=bool)
     if spec.name == run.region:
-        tt = run.training_table()
-        if {"row", "col"} <= set(tt.columns):
-            train = set(zip(tt.loc[tt["label"] == 1, "row"], tt.loc[tt["label"] == 1, "col"]))
-            seen = np.array([(r, c) in train for r, c in zip(rows, cols)], dtype=bool)
+        seen = _seen_landslides(run, family, rows, cols)
     ok = np.isfinite(p_ls)
     success = success_rate_curve(p_ls[seen & ok], p_all) if (seen & ok).any() else None
     prediction = (prediction_rate_curve(p_ls[~seen & ok], p_all)
@@ -186,6 +183,37 @@ def _model_on_region(run: Run, family: str | None, spec: RegionSpec, *,
     stats = region_stats_for(run, spec, data.stats)
     return family, data, stats, make_predict_fn(run, family, spec, stats,
                                                 prevalence=prevalence)
+
+
+def _seen_landslides(run: Run, family: str, rows: np.ndarray, cols: np.ndarray
+                     ) -> np.ndarray:
+    """Which landslide pixels (``rows``, ``cols``) the mapped model was trained on.
+
+    A fine-tune's delivered map model is re-fitted on every labelled point outside the
+    hold-out (every point with ``--shots all``); the other models on the rows of
+    ``training_table.parquet`` (a fit's points, repeat 1's shots).
+    """
+    from lsm.workflows.extras import checked_file
+    from lsm.workflows.finetune import PIXEL_COLUMNS
+
+    pixels = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    if run.meta.get("kind") == "finetune" and family == run.meta.get("delivered"):
+        if run.meta.get("shots") == "all":
+            return np.ones(len(pixels), dtype=bool)
+        path = checked_file(run, "test_predictions")
+        test = pd.read_parquet(path) if path is not None else None
+        if test is not None and set(PIXEL_COLUMNS) <= set(test.columns):
+            held = set(zip(test["row"].tolist(), test["col"].tolist(), strict=True))
+            return np.array([px not in held for px in pixels], dtype=bool)
+        warnings.warn("the run records no hold-out pixels: the rate curves count every "
+                      "landslide as unseen", UserWarning, stacklevel=3)
+        return np.zeros(len(pixels), dtype=bool)
+    tt = run.training_table()
+    if not {"row", "col"} <= set(tt.columns):
+        return np.zeros(len(pixels), dtype=bool)
+    pos = tt["label"] == 1
+    train = set(zip(tt.loc[pos, "row"].tolist(), tt.loc[pos, "col"].tolist(), strict=True))
+    return np.array([px in train for px in pixels], dtype=bool)
 
 
 def _run_spec(run: Run) -> RegionSpec:

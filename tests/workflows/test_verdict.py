@@ -132,6 +132,13 @@ def test_skilled_run_writes_zones_and_says_what_made_the_map(
     metrics = json.loads((out / "metrics.json").read_text())
     assert not metrics["skill"]["near_chance"]
     assert list((out / "maps").glob("*_zones.tif"))
+    # the delivered map model was trained on every labelled point outside the hold-out:
+    # only the hold-out's landslides count as unseen in the prediction-rate curve
+    test = pd.read_parquet(out / "test_predictions.parquet")
+    zones = json.loads(next((out / "maps").glob("*_delivered_zones.json")).read_text())
+    held_ls = test[test["label"] == 1]
+    assert zones["n_unseen_landslides"] == len(held_ls) > 0
+    assert zones["n_seen_landslides"] > 10 * 15 // 10  # far more than one repeat's 15 shots
     report = (out / "report.md").read_text()
     assert "**Verdict**" in report and "- delivered: vs target_only" in report
     assert "arm `delivered`, strategy" in report and "not on the shots of any one repeat" \
