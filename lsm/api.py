@@ -600,15 +600,13 @@ def predict(run: Run | str | Path, region: str | Path | None = None, *,
         from lsm.mapping.zones import validate_thresholds
 
         cuts = validate_thresholds(list(thresholds))
+    # maps inside the run folder: its outputs.json and report change in the same commit
     res = predict_region(r, region=str(region) if region is not None else None, family=model,
                          out=Path(out) if out is not None else None, thresholds=cuts,
                          prevalence=prevalence, uncertainty=uncertainty, progress=progress,
-                         force_zones=force_zones)
-    report = None
-    if out is None:  # maps inside the run folder: keep its report in step
-        from lsm.workflows.outputs import record_maps
-
-        report = record_maps(r, res)
+                         force_zones=force_zones, record=out is None)
+    rep = res.pop("report", None)
+    report = Path(rep) if rep is not None else None
     return MapResult._from_dict(res, report)
 
 
@@ -648,19 +646,36 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
     """
     from lsm.workflows.outputs import explain_run
     from lsm.workflows.outputs import shap_maps as _shap_maps
+    from lsm.workflows.owned import Staged
+    from lsm.workflows.runs import claim_run_dir
 
     r = _as_run(run)
-    res = explain_run(r)
+    # explain writes into the run: hold it (a fit re-writing it meanwhile is refused), and
+    # commit the SHAP figures, shap.json and SHAP maps as one set
+    claim_run_dir(r.path)
+    stage = Staged(r.path)
+    try:
+        res = explain_run(r, to=stage.dir)
+        maps: list[Path] = []
+        if shap_maps:
+            maps = [Path(p) for p in _shap_maps(r, family=model,
+                                                region=str(region) if region else None,
+                                                top=top, progress=progress,
+                                                write_to=stage.path("maps"))]
+        heads = {f"maps/{p.name.split('_shap_')[0]}_shap_" for p in maps}
+
+        def replaces(f: str) -> bool:  # the previous SHAP outputs
+            return f == "shap.json" or f.startswith("figures/shap_") or \
+                any(f.startswith(h) for h in heads)
+
+        stage.commit(replaces, last=["shap.json"])
+    finally:
+        stage.discard()
 
     def series(d: dict[str, float]) -> pd.Series:
         s = pd.Series(d, dtype="float64", name="mean |SHAP|")
         return s.sort_values(ascending=False)
 
-    maps: list[Path] = []
-    if shap_maps:
-        maps = [Path(p) for p in _shap_maps(r, family=model,
-                                            region=str(region) if region else None,
-                                            top=top, progress=progress)]
     return Explanation(
         importance={f: series(e["importance"]) for f, e in res.items()},
         source_importance={f: series(e["source_importance"]) for f, e in res.items()

@@ -23,6 +23,16 @@ from lsm.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 
+#: Called with the final path before every atomic write lands (the workflows register
+#: their ownership ledger here: :mod:`lsm.workflows.owned`); a hook may refuse by raising.
+BEFORE_PLACE: list[Any] = []
+
+
+def before_place(path: str | os.PathLike[str]) -> None:
+    """Run the :data:`BEFORE_PLACE` hooks for a file about to land at ``path``."""
+    for hook in BEFORE_PLACE:
+        hook(Path(path))
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -102,6 +112,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     try:
         chmod_default(tmp)
         yield Path(tmp)
+        before_place(path)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -48,7 +48,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import xarray as xr
 
-from lsm.io.artifacts import chmod_default, with_path
+from lsm.io.artifacts import before_place, chmod_default, with_path
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -320,9 +320,11 @@ class _RasterJob:
                         for dst, text in self.sidecars.items()]
             for dst, tmp in sidecars:
                 chmod_default(tmp)
+                before_place(dst)
                 os.replace(tmp, dst)
                 placed.append(dst)
             chmod_default(final)
+            before_place(self.path)
             os.replace(final, self.path)
         except BaseException as exc:
             # Sidecars already moved into place describe a file that never came.

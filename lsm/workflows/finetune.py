@@ -45,7 +45,7 @@ from lsm.transfer.select import fit_delivered, target_candidates
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
-from lsm.workflows.runs import Run, claim_run_dir, load_run, write_run
+from lsm.workflows.runs import Run, claim_run_dir, load_run, refuse_out_in_run, write_run
 from lsm.workflows.verdict import skill_check, verdicts
 
 ARMS = ("source_only", "target_only", "stage1", "stage2")
@@ -175,7 +175,9 @@ def _prepare(cfg: FinetuneConfig) -> _Setup:
     families = [f for f in (cfg.models or run.models) if f != DELIVERED]
     norm = cfg.norm or run.norm
     tspec = load_region(cfg.target)
-    out = claim_run_dir(run_dir(cfg, run.region, tspec.name))
+    out = run_dir(cfg, run.region, tspec.name)
+    refuse_out_in_run(out, run.path, option="--from")
+    out = claim_run_dir(out, kind="finetune")
     target = load_region_data(tspec, progress=cfg.progress)
 
     factors, notes = shared_factors(run, target)
@@ -484,8 +486,7 @@ def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
         "delivered": DELIVERED if DELIVERED in models else None,
         "spec": dump_region(s.tspec), "spec_file": str(s.tspec.source_file or s.tspec.name),
         **extras.meta,
-    })
-    extras.write(s.out)
+    }, extras=extras)
 
 
 def _flag_relations(s: _Setup, relations: dict[str, dict[str, Any]], where: str) -> None:

@@ -81,7 +81,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     factors = cfg.factors or spec.transfer_factor_names
     data = load_region_data(spec, progress=cfg.progress, factors=factors)
     schema = FeatureSchema.from_table(data.table, data.kinds)
-    out = claim_run_dir(run_dir(cfg, spec.name))
+    out = claim_run_dir(run_dir(cfg, spec.name), kind="fit")
 
     X = train_matrix(data, schema, cfg.norm)
     y = data.table["label"].to_numpy()
@@ -205,7 +205,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     y = table["label"].to_numpy()
     w = source_weights(regions, y)
     folds = table["fold"].to_numpy()
-    out = claim_run_dir(run_dir(cfg, region))
+    out = claim_run_dir(run_dir(cfg, region), kind="fit")
     split = " + ".join(f"{d.split} ({s.name})" for s, d in zip(specs, datas, strict=True))
     metrics: dict[str, Any] = {
         "region": region, "regions": [s.name for s in specs], "n": int(len(y)),

@@ -132,17 +132,20 @@ def evaluation_figures(run: Run) -> dict[str, str]:
 
 
 def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, to: Path | None = None) -> dict[str, Any]:
     """SHAP per family: importance bar, beeswarm, and for fine-tuned runs the shift.
 
     ``n_explain`` rows of the training table are explained (a seeded sample),
     against the explainer's background sample (``DEFAULT_BACKGROUND`` rows), so
     the cost does not grow with the table; ``progress`` shows one step per family.
+    ``to``: a staging folder to write ``figures/`` and ``shap.json`` into (the paths
+    returned name them in the run folder).
     """
     from lsm.workflows.progress import progress_bar
 
-    figdir = run.path / "figures"
-    figdir.mkdir(exist_ok=True)
+    base = Path(to) if to is not None else run.path
+    figdir = base / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
     table, X = _table_and_matrix(run)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(X), size=min(n_explain, len(X)), replace=False)
@@ -154,10 +157,12 @@ def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0,
                       enabled=progress) as bar:
         for fam, model in run.models.items():
             bar.describe(f"SHAP {fam} ({len(Xe)} rows explained)")
-            out[fam] = _explain_family(run, fam, model, X, Xe, sources, src_region, figdir,
-                                       seed)
+            entry = _explain_family(run, fam, model, X, Xe, sources, src_region, figdir, seed)
+            out[fam] = {k: (str(run.path / Path(v).relative_to(base))
+                            if k in ("bar", "beeswarm", "shift") else v)
+                        for k, v in entry.items()}
             bar.advance()
-    write_json(run.path / "shap.json", out)
+    write_json(base / "shap.json", out)
     return out
 
 
@@ -185,7 +190,8 @@ def _explain_family(run: Run, fam: str, model: Any, X: Any, Xe: Any, sources: An
 
 
 def shap_maps(run: Run, *, family: str | None = None, region: str | None = None, top: int = 3,
-              out: Path | None = None, progress: bool = True) -> list[str]:
+              out: Path | None = None, progress: bool = True,
+              write_to: Path | None = None) -> list[str]:
     """Per-pixel SHAP GeoTIFFs of the ``top`` most important factors, block by block.
 
     Each pixel's value is the factor's contribution to the model output (in
@@ -228,16 +234,17 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
     for f in ranked:
         da = predict_raster(data.stack, lambda t, f=f: contributions(t)[f].to_numpy(),
                             factors=run.schema.factors, value_range=None, name=f"shap_{f}")
-        path = out / f"{spec.name}_{family}_shap_{f}.tif"
+        path = Path(write_to or out) / f"{spec.name}_{family}_shap_{f}.tif"
         write_value_cog(da, path, description=f"SHAP contribution of {f} ({units})",
                         units=units, tags={"QUANTITY": f"SHAP contribution of {f}",
                                            "FACTOR": f, "MODEL": family, "UNITS": units})
-        written.append(str(path))
+        written.append(str(out / path.name))
     return written
 
 
-def record_maps(run: Run, maps: dict[str, Any]) -> Path:
-    """Add (or replace) a map set in the run's ``outputs.json`` and rewrite its report."""
+def record_maps(run: Run, maps: dict[str, Any], *, to: Path | None = None) -> Path:
+    """Add (or replace) a map set in the run's ``outputs.json`` and rewrite its report
+    (written into ``to``, a staging folder committed with the map set, when given)."""
     from lsm.workflows.report_md import write_report
 
     path = run.path / "outputs.json"
@@ -245,5 +252,5 @@ def record_maps(run: Run, maps: dict[str, Any]) -> Path:
     kept = [m for m in outputs.get("maps", [])
             if (m.get("region"), m.get("family")) != (maps["region"], maps["family"])]
     outputs["maps"] = [*kept, maps]
-    write_json(path, outputs)
-    return write_report(run, outputs)
+    write_json(Path(to) / "outputs.json" if to is not None else path, outputs)
+    return write_report(run, outputs, to=to)

@@ -55,8 +55,12 @@ def make_predict_fn(run: Run, family: str, spec: RegionSpec, region_stats: dict[
 def predict_maps(run: Run, *, region: str | None = None, family: str | None = None,
                  out: Path | None = None, thresholds: list[float] | None = None,
                  prevalence: float | None = None, uncertainty: int | None = None,
-                 progress: bool = True, force_zones: bool = False) -> dict[str, Any]:
+                 progress: bool = True, force_zones: bool = False,
+                 write_to: Path | None = None) -> dict[str, Any]:
     """Write probability COG, zones GeoTIFF, quick-looks and zone statistics.
+
+    ``write_to``: the staging folder the files are written into (named in the result as
+    in ``out``); :func:`predict_region` commits them into ``out`` as one set.
 
     The zones are withheld (with a warning) when the run's fine-tune found no skill
     above chance (:func:`zones_withheld`), unless ``force_zones``.
@@ -78,7 +82,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                                                progress=progress)
     assert data.stack is not None
     prob = predict_raster(data.stack, fn, factors=run.schema.factors)
-    out = Path(out or run.path / "maps")
+    final = Path(out or run.path / "maps")
+    out = Path(write_to or final)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}_{family}"
     prob_path = out / f"{stem}_probability.tif"
@@ -113,8 +118,9 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
         zone_files = {"zones": str(zones_path), "zones_png": str(png_z)}
     else:
         warnings.warn(withheld, UserWarning, stacklevel=2)
-        _remove_stale(out, stem, ("_zones.tif", "_zones.png", "_zones.qml",
-                                  "_zones.tif.aux.xml"))
+        if write_to is None:
+            _remove_stale(out, stem, ("_zones.tif", "_zones.png", "_zones.qml",
+                                      "_zones.tif.aux.xml"))
     rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family)
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
                            replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
@@ -126,8 +132,55 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
         "quantile", "zone_statistics": zstats.to_dict(orient="records"),
         "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
     }
+    result = _set_files(_relocate(result, out, final), out)
     write_json(out / f"{stem}_zones.json", result)
     return result
+
+
+def _relocate(result: dict[str, Any], written: Path, final: Path) -> dict[str, Any]:
+    """``result`` with the paths of files written in ``written`` named in ``final``."""
+    if Path(written) == Path(final):
+        return result
+    w = str(written)
+    return {k: (str(Path(final) / Path(v).relative_to(w))
+                if isinstance(v, str) and (v == w or v.startswith(w + "/")) else v)
+            for k, v in result.items()}
+
+
+def _set_files(result: dict[str, Any], written: Path) -> dict[str, Any]:
+    """Record the sha256 of every file of the map set in its ``*_zones.json``
+    (``set_files``: name -> sha256), so that a reader can check that the files beside it
+    are the ones it describes (:func:`check_map_set`)."""
+    from lsm.io.artifacts import sha256_file
+
+    files = {}
+    for k, v in result.items():
+        if isinstance(v, str) and k != "region" and Path(v).suffix in (".tif", ".png",
+                                                                        ".parquet", ".csv",
+                                                                        ".gpkg"):
+            p = Path(written) / Path(v).name
+            if p.is_file():
+                files[Path(v).name] = sha256_file(p)
+    return {**result, "set_files": files}
+
+
+def check_map_set(zones_json: Path) -> dict[str, Any]:
+    """Read a map set's ``*_zones.json`` and check that every file it lists is beside it
+    with the recorded sha256 (one-line :class:`~lsm.errors.ArtifactError` otherwise)."""
+    from lsm.errors import ArtifactError
+    from lsm.io.artifacts import sha256_file
+
+    zones_json = Path(zones_json)
+    doc = read_json(zones_json)
+    files = doc.get("set_files") if isinstance(doc, dict) else None
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{zones_json}: records no files of its map set")
+    for name, digest in files.items():
+        p = zones_json.parent / str(name)
+        if not p.is_file() or sha256_file(p) != digest:
+            raise ArtifactError(f"{p}: not the file {zones_json.name} describes (missing or "
+                                "changed since the map set was written); predict again")
+    return doc
 
 
 def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame,
@@ -257,26 +310,57 @@ def _best_family(run: Run) -> str:
 def predict_region(run: Run, *, region: str | None = None, family: str | None = None,
                    out: Path | None = None, thresholds: list[float] | None = None,
                    prevalence: float | None = None, uncertainty: int | None = None,
-                   progress: bool = True, force_zones: bool = False) -> dict[str, Any]:
+                   progress: bool = True, force_zones: bool = False,
+                   record: bool = False) -> dict[str, Any]:
     """Maps of a raster region (:func:`predict_maps`) or unit tables of a table region
     (:func:`predict_units`), whichever ``region`` (default: the run's) is.
+
+    The set (probability, zones, uncertainty, quick-looks, tables, ``*_zones.json``) is
+    staged and committed as one unit, replacing every file of the previous set of the same
+    region and model that lsm wrote (files it did not write stay). With ``record`` the
+    run's ``outputs.json`` and report are updated in the same commit (``res["report"]``).
 
     ``uncertainty`` is the number of bootstrap refits of the mapped model whose spread
     is written beside the probabilities (0: none; None: the default of
     :func:`lsm.workflows.uncertainty.default_replicates`).
     """
+    from lsm.workflows.owned import Staged
     from lsm.workflows.runs import claim_run_dir
 
     # one process writes a folder at a time (a map of a run being re-fitted, two predicts
-    # into one --out); a run read from read-only storage is fine with --out elsewhere
+    # into one --out); a run read from read-only storage is fine with --out elsewhere.
+    # An --out outside the run is a maps folder: a user's folder with other files is refused
     inside = out is None or Path(out).resolve().is_relative_to(run.path.resolve())
-    claim_run_dir(run.path if inside else Path(out))
+    root = claim_run_dir(run.path) if inside else claim_run_dir(Path(out), kind="maps")
+    final = Path(out or run.path / "maps")
     spec = load_region(region) if region else _run_spec(run)
-    kw = dict(family=family, out=out, thresholds=thresholds, prevalence=prevalence,
-              uncertainty=uncertainty, progress=progress, force_zones=force_zones)
-    if spec.is_table:
-        return predict_units(run, spec=spec, **kw)
-    return predict_maps(run, region=region, **kw)
+    # the map set is written into a staging folder and committed as one unit, with the
+    # run's outputs.json and report when ``record`` (all old or all new)
+    stage = Staged(root)
+    try:
+        rel = final.resolve().relative_to(root.resolve()).as_posix()
+        write_to = stage.path(rel)
+        kw = dict(family=family, out=final, thresholds=thresholds, prevalence=prevalence,
+                  uncertainty=uncertainty, progress=progress, force_zones=force_zones,
+                  write_to=write_to)
+        res = predict_units(run, spec=spec, **kw) if spec.is_table else \
+            predict_maps(run, region=region, **kw)
+        if record:
+            from lsm.workflows.outputs import record_maps
+
+            res["report"] = str(record_maps(run, res, to=stage.dir))
+        prefix = "" if rel == "." else rel + "/"
+        head = f"{prefix}{res['region']}_{res['family']}_"
+        documents = {"outputs.json", "report.md", "report.html"} if record else set()
+
+        def replaces(f: str) -> bool:  # the old set of this map, whatever it held
+            return f in documents or (f.startswith(head) and "/" not in f[len(head):]
+                                      and not f[len(head):].startswith("shap_"))
+
+        stage.commit(replaces, last=[f"{head}zones.json"])
+    finally:
+        stage.discard()
+    return res
 
 
 def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
@@ -323,7 +407,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
                   family: str | None = None, out: Path | None = None,
                   thresholds: list[float] | None = None, prevalence: float | None = None,
                   uncertainty: int | None = None, progress: bool = True,
-                  force_zones: bool = False) -> dict[str, Any]:
+                  force_zones: bool = False, write_to: Path | None = None) -> dict[str, Any]:
     """Per-unit probabilities and zones of a table region (slope units, points).
 
     Writes ``<region>_<family>_units.parquet`` and ``.csv`` (one row per row of the
@@ -376,7 +460,8 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
         unc = {"uncertainty_replicates": n_rep, "uncertainty_median": float(np.median(u)),
                "uncertainty_p95": float(np.percentile(u, 95)),
                "uncertainty_what": DESCRIPTION.format(b=n_rep, family=family)}
-    out = Path(out or run.path / "maps")
+    final = Path(out or run.path / "maps")
+    out = Path(write_to or final)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}_{family}"
     paths = write_units(units, out / f"{stem}_units", crs=_table_crs(spec),
@@ -391,6 +476,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
         "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
         "n_units": int(len(units)), **unc,
     }
+    result = _set_files(_relocate(result, out, final), out)
     write_json(out / f"{stem}_zones.json", result)
     return result
 
@@ -437,7 +523,9 @@ def write_units(units: pd.DataFrame, stem: Path, *, crs: Any = None,
     import geopandas as gpd
 
     geom = geometry if geometry is not None else gpd.points_from_xy(units["x"], units["y"])
-    gdf = gpd.GeoDataFrame(units, geometry=geom, crs=crs)
+    gdf = gpd.GeoDataFrame(units, geometry=geom)  # a samples file's geometry keeps its CRS
+    if gdf.crs is None and crs is not None:
+        gdf = gdf.set_crs(crs)
     with atomic_path(stem.with_suffix(".gpkg"), suffix=".gpkg") as tmp:
         tmp.unlink()  # GDAL will not overwrite the empty temp file as a GeoPackage
         gdf.to_file(tmp, driver="GPKG", layer=stem.name, engine="pyogrio")
@@ -446,7 +534,9 @@ def write_units(units: pd.DataFrame, stem: Path, *, crs: Any = None,
 
 
 def _table_crs(spec: RegionSpec) -> Any:
-    return spec.samples.crs if spec.samples is not None else None
+    """The CRS of a table region's coordinates: its samples' ``crs``, else the spec's."""
+    own = spec.samples.crs if spec.samples is not None else None
+    return own or spec.crs
 
 
 def _unit_geometry(spec: RegionSpec, n: int) -> Any:

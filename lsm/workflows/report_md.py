@@ -108,8 +108,9 @@ def _delivered_section(metrics: dict[str, Any]) -> list[str]:
     return L
 
 
-def write_report(run: Run, outputs: dict[str, Any]) -> Path:
-    """Write ``report.md`` and ``report.html`` into the run folder; return the md path."""
+def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -> Path:
+    """Write ``report.md`` and ``report.html`` into the run folder (or the staging folder
+    ``to`` of a set committed with them); return the md path in the run folder."""
     meta = run.meta
     metrics = read_json(run.path / "metrics.json")
     base = run.path
@@ -267,10 +268,10 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
     L.append("```")
     L.append("")
     text = "\n".join(L)
-    md = run.path / "report.md"
-    atomic_write_bytes(md, text.encode("utf-8"))
-    atomic_write_bytes(run.path / "report.html", _html(text, run.region).encode("utf-8"))
-    return md
+    folder = Path(to) if to is not None else run.path
+    atomic_write_bytes(folder / "report.md", text.encode("utf-8"))
+    atomic_write_bytes(folder / "report.html", _html(text, run.region).encode("utf-8"))
+    return run.path / "report.md"
 
 
 def _html(md_text: str, title: str) -> str:

@@ -22,7 +22,6 @@ import errno
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -180,15 +179,19 @@ _CREATED: set[str] = set()
 
 def release_claims(*, failed: bool = False) -> list[Path]:
     """At the end of a command: release every run folder this process holds. After a
-    failure (``failed``), also remove those it created that hold nothing but the lock, so
-    that a refused command leaves no empty run folder behind."""
+    failure (``failed``), also remove those it created that hold nothing but lsm's
+    bookkeeping (lock, ledger), so that a refused command leaves no empty run folder."""
+    from lsm.workflows import owned
+
     removed = []
     for key, fh in list(_HELD.items()):
         fh.close()
         del _HELD[key]
+        owned.HELD.pop(key, None)
         p = Path(key)
         if failed and key in _CREATED and p.is_dir() and \
-                {c.name for c in p.iterdir()} <= {_LOCK}:
+                {c.name for c in p.iterdir()} <= {_LOCK, owned.LEDGER} and \
+                not owned.owned_files(p):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     _CREATED.clear()
@@ -225,16 +228,20 @@ def abandon_claims() -> list[Path]:
     return release_claims(failed=True)
 
 
-def claim_run_dir(path: Path) -> Path:
+def claim_run_dir(path: Path, *, kind: str | None = None) -> Path:
     """Create ``path`` if needed and hold it for this process until it exits.
 
-    Another process holding it is a one-line :class:`~lsm.errors.RunBusyError`. Leftovers
-    of a killed run (staging folders, replaced runs, ``.tmp-*`` files of atomic writes)
-    are removed. A file where the folder should be is a one-line error too.
+    Another process holding it is a one-line :class:`~lsm.errors.RunBusyError`. A commit
+    a killed lsm process left half done is completed (:func:`lsm.workflows.owned.recover`);
+    other leftovers of a killed run (staging folders, replaced runs, ``.tmp-*`` files of
+    atomic writes) are removed. A file where the folder should be is a one-line error too.
+    With ``kind`` (see :data:`lsm.workflows.owned.KINDS`), a non-empty folder that is not
+    an lsm folder of that kind is refused (:func:`lsm.workflows.owned.check_out`).
     """
     import fcntl
 
     from lsm.errors import RunBusyError
+    from lsm.workflows import owned
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -261,16 +268,34 @@ def claim_run_dir(path: Path) -> Path:
     fh.write(str(os.getpid()))
     fh.flush()
     _HELD[key] = fh
+    owned.HELD[key] = kind
     clean_stale(path)
+    if kind is not None:
+        owned.check_out(path, kind)
     return path
+
+
+def refuse_out_in_run(out: Path, run: Path, *, option: str) -> None:
+    """A command that reads the run ``run`` and writes another run to ``out``: ``out``
+    equal to ``run`` or inside it would overwrite what it reads (one-line error)."""
+    o, r = Path(out).resolve(), Path(run).resolve()
+    if o == r:
+        raise ArtifactError(f"{out}: is the run given by {option} ({run}); writing there "
+                            "would replace it: choose another --out")
+    if o.is_relative_to(r):
+        raise ArtifactError(f"{out}: is inside the run given by {option} ({run}); choose "
+                            "an --out outside it")
 
 
 def clean_stale(path: Path) -> list[Path]:
     """Remove what killed runs leave in ``path``: staging folders, replaced runs and the
     ``.<name>.tmp-*`` files of interrupted atomic writes (at any depth). Call it only on a
     folder this process holds (:func:`claim_run_dir`)."""
+    from lsm.workflows.owned import recover
+
     removed = []
     path = Path(path)
+    recover(path)  # a commit the killed process had begun: complete it (all new)
     for p in list(path.glob(f"{_STAGING}*")) + list(path.glob(f"{_OLD}*")):
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
@@ -285,46 +310,41 @@ def clean_stale(path: Path) -> list[Path]:
 
 
 def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
-              metrics: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write a whole run (models, training table, metrics, ``model.json``, manifest).
+              metrics: dict[str, Any], meta: dict[str, Any], extras: Any = None) -> Path:
+    """Write a whole run (models, training table, metrics, ``model.json``, manifest, and
+    ``extras``: an object whose ``write(folder)`` adds the run's extra files).
 
     Everything goes to a staging folder inside ``path`` first; the manifest is written
-    last; then the previous run's files move aside and the new ones into place, and the
-    previous ones are deleted. A kill at any point leaves either the previous run, or a
-    folder that :func:`load_run` refuses with a one-line error: never a mix that loads.
+    last; then every file the previous run in ``path`` wrote (its ledger: models, maps,
+    figures, report, ...) moves aside and the new ones move in, as one journaled commit
+    (:class:`lsm.workflows.owned.Staged`). Files lsm did not write stay where they are. A
+    kill at any point leaves the previous run, or a commit the next lsm command on the
+    folder completes; :func:`load_run` refuses the folder in between: never a mix that
+    loads.
     """
-    path = claim_run_dir(path)
-    stage = path / f"{_STAGING}{os.getpid()}-{time.monotonic_ns()}"
-    stage.mkdir()
+    from lsm.workflows.owned import Staged
+
+    kind = meta.get("kind")
+    path = claim_run_dir(path, kind=kind)
+    stage = Staged(path, kind=kind)
     try:
-        save_models(stage, models)
-        table.to_parquet(stage / "training_table.parquet")
-        write_json(stage / "metrics.json", metrics)
-        write_run_meta(stage, meta)
-        write_manifest(stage, _run_files(stage))
-        _commit(stage, path)
+        save_models(stage.dir, models)
+        table.to_parquet(stage.path("training_table.parquet"))
+        write_json(stage.path("metrics.json"), metrics)
+        write_run_meta(stage.dir, meta)
+        if extras is not None:
+            extras.write(stage.dir)
+        write_manifest(stage.dir, _run_files(stage.dir))
+        # the new run replaces everything the old one wrote (maps and report included)
+        stage.commit(lambda rel: True, last=[MANIFEST])
     except BaseException as exc:
         named = with_path(exc, path)  # disk full while staging: name the run folder
         if named is not None:
             raise named from exc
         raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        stage.discard()
     return path
-
-
-def _commit(stage: Path, path: Path) -> None:
-    old = path / f"{_OLD}{os.getpid()}-{time.monotonic_ns()}"
-    old.mkdir()
-    # the old manifest goes first: from here until the new one lands the run is refused
-    names = [MANIFEST] + sorted(n.name for n in stage.iterdir() if n.name != MANIFEST) + \
-        ["maps", "figures", "report.md", "report.html", "outputs.json"]
-    for name in dict.fromkeys(names):
-        if (path / name).exists():
-            os.replace(path / name, old / name)
-    for name in [n.name for n in stage.iterdir() if n.name != MANIFEST] + [MANIFEST]:
-        os.replace(stage / name, path / name)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_models(path: Path, models: dict[str, Any]) -> None:

@@ -204,8 +204,13 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     y = data.table["label"].to_numpy()
     folds = data.table["fold"].to_numpy()
     out = Path(cfg.out or Path("runs") / f"tune-{spec.name}-{cfg.model}")
-    out.mkdir(parents=True, exist_ok=True)
+    from lsm.workflows.owned import record
+    from lsm.workflows.runs import claim_run_dir
+
+    out = claim_run_dir(out, kind="tune")  # one process per folder; never a user's folder
     db = out / STUDY_DB
+    if not db.exists():
+        record(out, [STUDY_DB])  # sqlite writes it directly: lsm's before it exists
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A trial whose process died without a word (SIGKILL, power cut) stays RUNNING in the

@@ -326,7 +326,7 @@ def run_pipeline(cfg: PipelineConfig, *, out: Path | None = None, force: bool = 
     from lsm.workflows.runs import claim_run_dir
 
     # one lsm run per results folder: a second one on it stops at once with one line
-    out = claim_run_dir(Path(out or cfg.results_dir()))
+    out = claim_run_dir(Path(out or cfg.results_dir()), kind="pipeline")
     meta = _pipeline_meta(cfg, overrides or {}, command)
     plan = build_plan(cfg)
     runner = _Runner(plan, out, force=force, command=command)
