@@ -807,7 +807,8 @@ def test_signal_during_predict_then_rerun(sig: signal.Signals, world: Path) -> N
     good = _read_map(prob)
 
     proc = _lsm(base, world)
-    _wait_for(lambda: any(".tmp-" in p.name for p in (world / "maps").iterdir()), proc, 120)
+    # the map set is written in a staging folder inside maps/ (committed as one unit)
+    _wait_for(lambda: any(".tmp-" in p.name for p in (world / "maps").rglob("*")), proc, 120)
     os.killpg(proc.pid, sig)
     rc = proc.wait()
     err = proc.stderr.read() if proc.stderr else ""
