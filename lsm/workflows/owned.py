@@ -248,6 +248,12 @@ class Staged:
         owned = owned_files(self.root)
         aside = [rel for rel in sorted(owned) if replaces(rel) and
                  (self.root / rel).is_file()]
+        clash = [rel for rel in order if rel not in owned and
+                 (self.root / rel).exists()]
+        if clash:
+            raise ArtifactError(f"{self.root / clash[0]}: exists and was not written by lsm; "
+                                "refusing to replace it (move it away or choose another "
+                                "--out)")
         man = artifacts.MANIFEST
         aside.sort(key=lambda rel: rel != man)  # the old manifest first: the run is refused
         old = self.root / f"{OLD}{os.getpid()}-{time.monotonic_ns()}"
