@@ -223,7 +223,10 @@ def stack(
     data = load_region_data(spec, progress=not quiet)
     print_region_summary(data, _console())
     if table_out is not None:
-        data.table.to_parquet(table_out)
+        from lsm.io.artifacts import atomic_path
+
+        with atomic_path(table_out, suffix=".parquet") as tmp:  # never half-written
+            data.table.to_parquet(tmp)
         _console().print(f"training table -> {table_out}")
 
 

@@ -2,11 +2,11 @@
 
 The harness runs each command once, in-process, with every filesystem mutation inside the
 command's folder intercepted (``os.replace``, ``os.rename``, ``os.unlink``/``remove``,
-``os.rmdir``, ``os.mkdir``, ``shutil.rmtree`` and ``open`` for writing). Before each mutation the folder
-is copied: the copy is exactly what a SIGKILL at that point leaves on disk (a killed
-process does nothing more; its memory does not matter). So one run gives every kill point
-of the command, not a sample, at the cost of a folder copy each. A few real SIGKILLs of a
-subprocess at a drawn mutation check that the copies model real kills.
+``os.rmdir``, ``os.mkdir``, ``shutil.rmtree`` and ``open`` for writing). Before each
+mutation the folder is copied: the copy is exactly what a SIGKILL at that point leaves on
+disk (a killed process does nothing more; its memory does not matter). So one run gives
+every kill point of the command, not a sample, at the cost of a folder copy each. A few
+real SIGKILLs of a subprocess at a drawn mutation check that the copies model real kills.
 
 Each kill state is then checked as a user would meet it:
 

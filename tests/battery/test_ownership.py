@@ -279,7 +279,8 @@ def test_random_user_files_survive_every_command(seed: int, world: Path) -> None
     targets = [world / "runs" / "src", world / "runs" / "ft", world / "elsewhere"]
     for _ in range(rng.randint(3, 8)):
         folder = rng.choice(targets)
-        name = f"{rng.choice(_PLACES)}user_{rng.randrange(10**6)}{rng.choice(['.tif', '.png', '.txt', ''])}"
+        ext = rng.choice([".tif", ".png", ".txt", ""])
+        name = f"{rng.choice(_PLACES)}user_{rng.randrange(10**6)}{ext}"
         p = folder / name
         p.parent.mkdir(parents=True, exist_ok=True)
         data = rng.randbytes(rng.randint(0, 64))
