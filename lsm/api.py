@@ -685,6 +685,7 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
         shap_maps=maps)
 
 
+@holds_run_folders
 def run_pipeline(pipeline: str | Path | Any, *, out: str | Path | None = None,
                  repeats: int | None = None, force: bool = False, progress: bool = False,
                  command: str | None = None) -> Any:

@@ -317,6 +317,7 @@ def test_killed_at_every_mutation_leaves_all_old_or_all_new(name: str, world: Pa
     for n, what, snap in kp.points:
         seen[check_kill_state(snap, old, new, old_all, where=f"{name} killed before #{n} "
                                                               f"({what})")] += 1
+    print(f"{name}: {kp.n} kill points, {seen['old']} all old, {seen['new']} all new")
     # both outcomes occur: the kill points span the whole command
     assert seen["old"] > 0 and seen["new"] > 0, seen
 
