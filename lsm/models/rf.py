@@ -80,6 +80,11 @@ class RandomForestModel(LsmClassifier):
     #: Stage-2 options (weight of the source trees) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"source_weight": 1500.0}, {"source_weight": 150.0})
 
+    #: the forest's own constraints on the parameters it shares with it
+    _parameter_constraints = {k: RandomForestClassifier._parameter_constraints[k] for k in (
+        "n_estimators", "max_depth", "min_samples_leaf", "max_features", "class_weight",
+        "n_jobs", "random_state")}
+
     def __init__(self, *, n_estimators: int = 100, max_depth: int | None = None,
                  min_samples_leaf: int = 2, max_features: str | int | float | None = "sqrt",
                  class_weight: dict | str | None = None, n_jobs: int | None = -1,
@@ -160,6 +165,9 @@ class RandomForestModel(LsmClassifier):
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{directory / TREES}: does not hold a valid forest "
                                 f"({type(err).__name__}: {err})") from None
+        if int(info["n_classes"]) != len(self.classes_):
+            raise ArtifactError(f"{directory / 'meta.json'}: forest.n_classes "
+                                f"{info['n_classes']!r}, but {len(self.classes_)} classes")
         if len(trees) != int(info["n_trees"]):
             raise ArtifactError(f"{directory / TREES}: {len(trees)} trees, meta.json says "
                                 f"{info['n_trees']}")
@@ -227,6 +235,13 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
         if np.shape(arrays[name]) != counts.shape:
             raise ValueError(f"{name} has shape {np.shape(arrays[name])}, expected "
                              f"{counts.shape} (one per tree)")
+        if arrays[name].dtype.kind not in "iu":
+            raise ValueError(f"{name} has dtype {arrays[name].dtype}, not integer")
+    if (arrays["max_depth"] < 0).any() or (arrays["max_depth"] >= counts).any():
+        raise ValueError("max_depth must lie in 0 .. node_count - 1 for every tree")
+    if (arrays["tree_max_features"] < 1).any() or \
+            (arrays["tree_max_features"] > n_features).any():
+        raise ValueError(f"tree_max_features must lie in 1 .. {n_features}")
     total = int(counts.sum())
     values = np.asarray(arrays["values"], dtype=np.float64)
     if values.shape != (total, 1, n_classes):
@@ -238,8 +253,18 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
             raise ValueError(f"node field {name!r} missing")
         if name in arrays and arrays[name].shape != (total,):
             raise ValueError(f"node field {name!r} has shape {arrays[name].shape}")
-        if name in ("left_child", "right_child", "feature") and arrays[name].dtype.kind not in "iu":
+        if name in arrays and arrays[name].dtype.kind not in "iuf" + "b" * (
+                name == "missing_go_to_left"):
+            raise ValueError(f"node field {name!r} has dtype {arrays[name].dtype}, not numeric")
+        if name in ("left_child", "right_child", "feature", "n_node_samples",
+                    "missing_go_to_left") and name in arrays and \
+                arrays[name].dtype.kind not in "iub":
             raise ValueError(f"node field {name!r} has dtype {arrays[name].dtype}, not integer")
+        if name in ("impurity", "weighted_n_node_samples", "n_node_samples") and \
+                name in arrays:
+            a = np.asarray(arrays[name], dtype=np.float64)
+            if not np.isfinite(a).all() or (a < 0).any():
+                raise ValueError(f"node field {name!r} holds NaN, infinite or negative values")
     offsets = np.concatenate([[0], np.cumsum(counts)])
     trees = []
     for i, n in enumerate(counts.tolist()):
