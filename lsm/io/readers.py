@@ -24,9 +24,10 @@ def read_table(path: Path, *, layer: str | None = None, where: str = "") -> pd.D
             _unique_columns(_csv_header(path), where or str(path))
             return pd.read_csv(path, encoding="utf-8-sig")  # some files start with a BOM
         if ext == ".parquet":
-            df = pd.read_parquet(path)
-            _unique_columns(list(df.columns), where or str(path))
-            return df
+            import pyarrow.parquet as pq
+
+            _unique_columns(pq.read_schema(path).names, where or str(path))
+            return pd.read_parquet(path)
         if ext in (".rda", ".rdata"):
             import rdata
 
@@ -42,7 +43,8 @@ def read_table(path: Path, *, layer: str | None = None, where: str = "") -> pd.D
     except (DataError, SpecError):
         raise
     except Exception as err:
-        raise DataError(f"{where or path}: cannot read {path.name}: {err}") from None
+        raise DataError(f"{where or path}: cannot read {path.name}: "
+                        f"{' '.join(str(err).split())[:300]}") from None
     raise SpecError(f"{where or path}: unsupported table format {ext!r} ({path.name})")
 
 

@@ -230,7 +230,7 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
             model._load_payload(directory, meta)
         except ArtifactError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError) as err:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as err:
             raise ArtifactError(f"{directory}: malformed {cls.family!r} model "
                                 f"({type(err).__name__}: {first_line(err)})") from None
         return model

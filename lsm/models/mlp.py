@@ -41,7 +41,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes
-from lsm.io.values import finite_array
+from lsm.io.values import finite_array, number
 from lsm.models.base import META, LsmClassifier, check_weights, first_line, register
 
 if TYPE_CHECKING:
@@ -502,8 +502,10 @@ class MLPModel(LsmClassifier):
         net.eval()
         self.net_ = net.to(resolve_device(self.device, strict=False))
         self.input_mean_, self.input_scale_ = mean, scale
-        self.n_iter_ = int(meta.get("n_iter", 0))
-        self.best_epoch_ = int(meta.get("best_epoch", 0))
+        self.n_iter_ = number(meta.get("n_iter", 0), f"{directory / META_FILE}: n_iter", lo=0,
+                              integer=True)
+        self.best_epoch_ = number(meta.get("best_epoch", 0),
+                                  f"{directory / META_FILE}: best_epoch", lo=0, integer=True)
         self.loss_curve_, self.validation_loss_curve_ = [], []
 
     @classmethod

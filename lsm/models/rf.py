@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import read_arrays, write_arrays
-from lsm.models.base import LsmClassifier, check_weights, register
+from lsm.models.base import LsmClassifier, check_weights, first_line, register
 
 TREES = "trees.npz"
 # Node fields of sklearn's Tree, in the order of its structured ``nodes`` array.
@@ -157,17 +157,26 @@ class RandomForestModel(LsmClassifier):
 
     def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         """Rebuild the forest from ``trees.npz`` (validated: no pickles, no unsafe trees)."""
+        from lsm.io import values as v
+
         arrays = read_arrays(directory / TREES)
+        where = f"{directory / 'meta.json'}: forest"
+        info = v.mapping(meta.get("forest"), where)
+        if v.number(info.get("n_classes"), f"{where}.n_classes", integer=True) != \
+                len(self.classes_):
+            raise ArtifactError(f"{where}.n_classes: {info['n_classes']!r}, but "
+                                f"{len(self.classes_)} classes")
+        v.number(info.get("n_trees"), f"{where}.n_trees", lo=1, integer=True)
+        v.number(info.get("n_samples", 0), f"{where}.n_samples", lo=0, integer=True)
+        if info.get("n_samples_bootstrap") is not None:
+            v.number(info["n_samples_bootstrap"], f"{where}.n_samples_bootstrap", lo=0,
+                     integer=True)
         try:
-            info = meta["forest"]
             trees = _rebuild_trees(arrays, self.n_features_in_, int(info["n_classes"]),
                                    dict(info["tree_params"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise ArtifactError(f"{directory / TREES}: does not hold a valid forest "
-                                f"({type(err).__name__}: {err})") from None
-        if int(info["n_classes"]) != len(self.classes_):
-            raise ArtifactError(f"{directory / 'meta.json'}: forest.n_classes "
-                                f"{info['n_classes']!r}, but {len(self.classes_)} classes")
+                                f"({type(err).__name__}: {first_line(err)})") from None
         if len(trees) != int(info["n_trees"]):
             raise ArtifactError(f"{directory / TREES}: {len(trees)} trees, meta.json says "
                                 f"{info['n_trees']}")
@@ -248,6 +257,11 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
         raise ValueError(f"values has shape {values.shape}, expected {(total, 1, n_classes)}")
     if not np.isfinite(values).all():
         raise ValueError("values holds NaN or infinite entries")
+    # a classifier tree's node values are class fractions (what predict_proba averages)
+    if (values < 0).any() or (values > 1).any() or \
+            not np.allclose(values.sum(axis=2), 1.0, rtol=0, atol=1e-6):
+        raise ValueError("values are not class fractions (each in [0, 1], summing to 1 "
+                         "per node)")
     for name in node_dtype.names:
         if name not in arrays and name != "missing_go_to_left":
             raise ValueError(f"node field {name!r} missing")

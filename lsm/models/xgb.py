@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes
+from lsm.io.values import number
 from lsm.models.base import LsmClassifier, check_weights, first_line, register
 
 BOOSTER = "model.ubj"
@@ -156,7 +157,8 @@ class XGBModel(LsmClassifier):
         if booster.num_features() != self.n_features_in_:
             raise ArtifactError(f"{directory / BOOSTER}: {booster.num_features()} features, "
                                 f"meta.json says {self.n_features_in_}")
-        if "n_trees" in meta and n_trees(booster) != int(meta["n_trees"]):
+        if "n_trees" in meta and n_trees(booster) != number(
+                meta["n_trees"], f"{directory / 'meta.json'}: n_trees", lo=0, integer=True):
             raise ArtifactError(f"{directory / BOOSTER}: {n_trees(booster)} trees, meta.json "
                                 f"says {meta['n_trees']}")
         check_booster(booster, directory / BOOSTER, self.n_features_in_)

@@ -33,6 +33,15 @@ def check_run_meta(meta: dict[str, Any], path: Path) -> FeatureSchema:
         raise v.fail(f"{w}: kind", f"{kind!r} is not one of {', '.join(RUN_KINDS)}")
     fams = v.sequence(meta.get("families"), f"{w}: families", of=str, nonempty=True)
     v.unique_names(fams, f"{w}: families")
+    model_dir = Path(path).parent / "model"
+    for f in fams:
+        if not (model_dir / f).is_dir():
+            raise v.fail(f"{w}: families", f"{f!r} has no model folder model/{f} in the run")
+    if model_dir.is_dir():
+        extra = sorted(d.name for d in model_dir.iterdir() if d.is_dir() and d.name not in fams)
+        if extra:
+            raise v.fail(f"{w}: families", f"{fams} do not name the run's model folder "
+                                           f"model/{extra[0]}")
     schema = check_schema(meta.get("schema"), f"{w}: schema")
     norm = meta.get("norm")
     if norm not in NORMS:
