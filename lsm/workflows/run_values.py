@@ -127,17 +127,22 @@ def check_stats(raw: Any, where: str, schema: FeatureSchema, *, quantile: bool =
             tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
             if not lo - tol <= mean <= hi + tol:
                 raise v.fail(f"{fw}.mean", f"{mean!r} is outside [min, max] = [{lo}, {hi}]")
-            if std == 0 and hi > lo:
-                raise v.fail(f"{fw}.std", f"0 although min {lo} < max {hi}")
+            # no values within [min, max] spread more than half the range
+            if std > (hi - lo) / 2 + tol:
+                raise v.fail(f"{fw}.std", f"{std!r} is more than half of max - min "
+                                          f"({hi - lo!r})")
             if "quantiles" in fs:
                 for q, x in v.mapping(fs["quantiles"], f"{fw}.quantiles").items():
-                    v.number(x, f"{fw}.quantiles.{q}")
+                    v.number(x, f"{fw}.quantiles.{q}", lo=lo - tol, hi=hi + tol)
             if "percentiles" in fs or quantile:
                 pct = v.sequence(fs.get("percentiles"), f"{fw}.percentiles",
                                  length=N_PERCENTILES)
                 arr = v.finite_array(pct, f"{fw}.percentiles", kind="fiu")
                 if (arr[1:] < arr[:-1]).any():
                     raise v.fail(f"{fw}.percentiles", "not in increasing order")
+                if arr[0] < lo - tol or arr[-1] > hi + tol:
+                    raise v.fail(f"{fw}.percentiles", f"[{arr[0]}, ..., {arr[-1]}] leave "
+                                                      f"[min, max] = [{lo}, {hi}]")
         elif kind == "categorical":
             for c, x in v.mapping(fs.get("frequencies", {}), f"{fw}.frequencies").items():
                 v.number(x, f"{fw}.frequencies.{c}", lo=0.0, hi=1.0)

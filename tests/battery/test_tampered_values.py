@@ -356,6 +356,10 @@ CLI_CASES: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "negative-std": ("ft", _edit_json("model.json", _negative_std),
                      r"model\.json: stats\.factors\.elevation\.std: -1\.0"),
     "swapped-member": ("ft", _swap_member, r"members/source_lr.*head\.json"),
+    "metrics-cv-not-an-object": ("src", _edit_json("metrics.json", _set_key("cv", {"lr": 1})),
+                                 r"metrics\.json: malformed 'cv'"),
+    "metrics-auc-a-string": ("src", _edit_json("metrics.json", _set_key("cv", {
+        "lr": {"summary": {"auc": {"mean": "high"}}}})), r"metrics\.json: cv\.lr: AUC 'high'"),
 }
 
 
