@@ -9,9 +9,11 @@ estimator, for example::
 
 Names are checked against each family's constructor (an unknown family or
 parameter is a one-line :class:`~lsm.errors.SpecError` naming the key), and
-values against its type hints.  ``random_state`` and ``device`` are left to
-``--seed`` and ``--device``.  A folder is read as an ``lsm tune`` run: its
-``best_params.yaml``.
+values against its type hints and its parameter constraints
+(:meth:`lsm.models.base.LsmClassifier.param_problem`: scikit-learn's for the
+forest and the logistic regression), before anything is fitted.  ``random_state``
+and ``device`` are left to ``--seed`` and ``--device``.  A folder is read as an
+``lsm tune`` run: its ``best_params.yaml``.
 
 Example
 -------
@@ -64,9 +66,10 @@ def validate_params(raw: Any, *, source: str) -> dict[str, dict[str, Any]]:
     ------
     SpecError
         One line naming ``source`` and the key at fault: an unknown family, an
-        unknown or reserved parameter, or a value of the wrong type.
+        unknown or reserved parameter, a value of the wrong type, or one the
+        family's constraints refuse (``C: -1``, ``hidden_layer_sizes: [0]``, NaN).
     """
-    from lsm.models.base import FAMILY_NAMES
+    from lsm.models.base import FAMILY_NAMES, get_family
 
     if raw is None:
         return {}
@@ -100,6 +103,10 @@ def validate_params(raw: Any, *, source: str) -> dict[str, dict[str, Any]]:
             raise SpecError(f"{source}: {fam}.{loc}: {e['msg']} (got {e.get('input')!r})"
                             ) from None
         out[fam] = model.model_dump(exclude_unset=True)
+        # the family's own constraints (scikit-learn's for rf and lr), before any fitting
+        for key, value, problem in get_family(fam).invalid_params(out[fam])[:1]:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise SpecError(f"{source}: {fam}.{key}: {shown} {problem}")
     return out
 
 

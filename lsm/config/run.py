@@ -21,7 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from lsm.errors import LsmError
 
@@ -111,6 +118,19 @@ class FitConfig(DeviceOption):
             return validate_params(v, source="params")
         except LsmError as err:  # pydantic reports ValueError as a validation error
             raise ValueError(str(err).removeprefix("params: ")) from None
+
+    @model_validator(mode="after")
+    def _note_unused_params(self) -> FitConfig:
+        """A note for parameters of a family this fit does not train (not an error: one
+        parameter file may serve several fits)."""
+        unused = [f for f in self.params if self.params[f] and f not in self.models]
+        if unused:
+            import warnings
+
+            warnings.warn(f"params: the parameters of {', '.join(unused)} are not used: this "
+                          f"fit trains {', '.join(self.models)} (--model)", UserWarning,
+                          stacklevel=2)
+        return self
 
 
 class FinetuneConfig(FinetuneOptions, DeviceOption):

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,14 +145,48 @@ def write_json(path: Path, obj: Any) -> Path:
     return Path(path)
 
 
+#: Largest JSON artifact lsm parses (bytes): the biggest it writes (a fine-tune's
+#: metrics.json) is well under 1 MiB; anything far larger is not lsm's.
+MAX_JSON_BYTES = 64 << 20
+#: Deepest nesting of arrays and objects in a JSON artifact (lsm writes at most ~8 levels);
+#: deeper text is refused before parsing, so a nesting bomb cannot exhaust the stack.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text (brackets inside strings ignored)."""
+    code = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    step = (np.isin(code, (ord("["), ord("{"))).astype(np.int64)
+            - np.isin(code, (ord("]"), ord("}"))))
+    return int(np.cumsum(step).max(initial=0))
+
+
 def read_json(path: Path) -> Any:
+    """Parse a JSON artifact; :class:`ArtifactError` (one line naming ``path``) if it is
+    missing, larger than :data:`MAX_JSON_BYTES`, nested deeper than
+    :data:`MAX_JSON_DEPTH` or not JSON."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ArtifactError(f"{path}: {size} bytes, more than the {MAX_JSON_BYTES} a JSON "
+                                "artifact of lsm may have; refusing to parse it")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path}: is a folder, not a JSON file") from None
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ArtifactError(f"{path}: JSON nested {depth} levels deep, more than the "
+                            f"{MAX_JSON_DEPTH} an lsm artifact may have; refusing to parse it")
+    try:
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:  # not reached after the depth check; kept as a last guard
+        raise ArtifactError(f"{path}: JSON nested too deeply; refusing to parse it") from None
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -20,8 +20,13 @@ def read_table(path: Path, *, layer: str | None = None, where: str = "") -> pd.D
     ext = path.suffix.lower()
     try:
         if ext in (".csv", ".txt"):
+            # pandas renames a repeated header ("slope", "slope.1"): read it as written
+            _unique_columns(_csv_header(path), where or str(path))
             return pd.read_csv(path, encoding="utf-8-sig")  # some files start with a BOM
         if ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            _unique_columns(pq.read_schema(path).names, where or str(path))
             return pd.read_parquet(path)
         if ext in (".rda", ".rdata"):
             import rdata
@@ -38,8 +43,27 @@ def read_table(path: Path, *, layer: str | None = None, where: str = "") -> pd.D
     except (DataError, SpecError):
         raise
     except Exception as err:
-        raise DataError(f"{where or path}: cannot read {path.name}: {err}") from None
+        raise DataError(f"{where or path}: cannot read {path.name}: "
+                        f"{' '.join(str(err).split())[:300]}") from None
     raise SpecError(f"{where or path}: unsupported table format {ext!r} ({path.name})")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first line, as written."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        return next(csv.reader(fh), [])
+
+
+def _unique_columns(columns: list[Any], where: str) -> None:
+    seen: set[str] = set()
+    for c in columns:
+        name = str(c)
+        if name in seen:
+            raise DataError(f"{where}: column {name!r} appears more than once in the table; "
+                            "rename or drop one of them")
+        seen.add(name)
 
 
 def require_columns(df: pd.DataFrame, cols: list[str], *, where: str) -> None:

@@ -135,6 +135,47 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
     few_shot_params: ClassVar[dict[str, Any]] = {}
     stage_candidates: ClassVar[tuple[dict[str, Any], ...]] = ()
 
+    #: Constraints of the constructor parameters, in scikit-learn's form
+    #: (:mod:`sklearn.utils._param_validation`): a parameter file's values are checked
+    #: against them before any fitting, and ``meta.json``'s on load.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
+
+    @classmethod
+    def param_problem(cls, name: str, value: Any) -> str | None:
+        """Why ``value`` is not a valid ``name`` parameter of the family (None: it is).
+
+        Uses the family's ``_parameter_constraints``; a family adds checks that
+        constraints cannot express (the entries of a tuple, ...) by overriding this.
+        """
+        constraints = cls._parameter_constraints.get(name)
+        if constraints is None:
+            return None
+        from sklearn.utils._param_validation import (
+            InvalidParameterError,
+            validate_parameter_constraints,
+        )
+
+        try:
+            validate_parameter_constraints({name: constraints}, {name: value},
+                                           caller_name=cls.__name__)
+        except InvalidParameterError as err:
+            import re
+
+            m = re.search(r"must be (.*)\. Got .* instead", " ".join(str(err).split()))
+            return f"must be {m.group(1)}" if m else first_line(err)
+        return None
+
+    @classmethod
+    def invalid_params(cls, params: dict[str, Any]) -> list[tuple[str, Any, str]]:
+        """``(name, value, problem)`` of every parameter in ``params`` that the family's
+        constraints refuse (see :meth:`param_problem`)."""
+        out = []
+        for name, value in params.items():
+            problem = cls.param_problem(name, value)
+            if problem is not None:
+                out.append((name, value, problem))
+        return out
+
     @abstractmethod
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LsmClassifier:
         """Train on ``X`` and labels ``y``; ``sample_weight`` (n_samples,) weighs each row's
@@ -189,7 +230,7 @@ class LsmClassifier(ClassifierMixin, BaseEstimator):
             model._load_payload(directory, meta)
         except ArtifactError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError) as err:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as err:
             raise ArtifactError(f"{directory}: malformed {cls.family!r} model "
                                 f"({type(err).__name__}: {first_line(err)})") from None
         return model
@@ -423,19 +464,33 @@ def _params_from_meta(cls: type[LsmClassifier], meta: dict[str, Any],
                 params[k] = tuple(v)  # e.g. the MLP's hidden_layer_sizes
     except (TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed 'params' ({err})") from None
+    for name, value, problem in cls.invalid_params(params)[:1]:
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ArtifactError(f"{path}: params.{name}: {text} {problem}")
     return params
 
 
 def _set_fitted_from_meta(model: LsmClassifier, meta: dict[str, Any], path: Path) -> None:
     """Set ``classes_``, ``n_features_in_``, ``feature_names_in_`` from ``meta``."""
+    from lsm.io import values as v
+
+    classes = v.sequence(meta.get("classes"), f"{path}: classes", of=(int, float, str))
+    for i, c in enumerate(classes):
+        if not isinstance(c, str):
+            v.number(c, f"{path}: classes[{i}]")
+    if len(classes) < 2 or len(set(classes)) != len(classes) or \
+            len({isinstance(c, str) for c in classes}) != 1:
+        raise ArtifactError(f"{path}: classes: {classes!r} are not two or more distinct "
+                            "labels of one type")
+    n = v.number(meta.get("n_features_in"), f"{path}: n_features_in", lo=1, integer=True)
     try:
-        model.classes_ = np.asarray(meta["classes"])
-        model.n_features_in_ = int(meta["n_features_in"])
+        model.classes_ = np.asarray(classes)
+        model.n_features_in_ = n
         if meta.get("feature_names_in") is not None:
-            names = np.asarray(meta["feature_names_in"], dtype=object)
-            if names.shape != (model.n_features_in_,):
-                raise ValueError("feature_names_in does not match n_features_in")
-            model.feature_names_in_ = names
+            names = v.sequence(meta["feature_names_in"], f"{path}: feature_names_in", of=str,
+                               length=n)
+            v.unique_names(names, f"{path}: feature_names_in")
+            model.feature_names_in_ = np.asarray(names, dtype=object)
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed ({err})") from None
 

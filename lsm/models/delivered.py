@@ -93,6 +93,8 @@ class DeliveredModel(LsmClassifier):
     #: permutation SHAP: its cost grows with rows x background x factors
     shap_background = 50
 
+    _parameter_constraints = {"strategy": [str]}
+
     def __init__(self, *, strategy: str = "") -> None:
         self.strategy = strategy
 
@@ -184,6 +186,7 @@ class DeliveredModel(LsmClassifier):
 
     def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         head = read_json(directory / HEAD)
+        check_head(head, directory / HEAD)
         n = self.n_features_in_
         try:
             members = {name: get_family(str(fam)).load(directory / MEMBERS / name)
@@ -202,10 +205,12 @@ class DeliveredModel(LsmClassifier):
         if self.x_coef_ is not None and self.x_coef_.shape != (n,):
             raise ArtifactError(f"{directory / HEAD}: x_coef has {self.x_coef_.size} values "
                                 f"for {n} features")
+        check_members(self, directory)
         if head.get("residual"):
-            from lsm.models.xgb import load_booster
+            from lsm.models.xgb import check_booster, load_booster
 
             booster = load_booster(directory / RESIDUAL)
+            check_booster(booster, directory / RESIDUAL, n)
             booster.set_param({"nthread": 1})
             self.booster_ = booster
 
@@ -221,3 +226,58 @@ class DeliveredModel(LsmClassifier):
         return {**meta, "params": {"strategy": str(head.get("strategy", ""))},
                 "classes": [0, 1], "n_features_in": head.get("n_features_in"),
                 "feature_names_in": head.get("feature_names_in")}
+
+
+def check_head(head: Any, path: Path) -> None:
+    """Raise :class:`ArtifactError` unless the values of ``head.json`` are usable: the
+    members a mapping of names to family names, the weights, intercept and factor
+    coefficients finite numbers, the neutralised columns lists of names."""
+    from lsm.io import values as v
+
+    head = v.mapping(head, str(path))
+    members = v.mapping(head.get("members"), f"{path}: members")
+    for name, fam in members.items():
+        v.text(fam, f"{path}: members.{name}")
+    weights = v.mapping(head.get("weights"), f"{path}: weights")
+    for name, w in weights.items():
+        v.number(w, f"{path}: weights.{name}")
+    if set(weights) != set(members):
+        raise ArtifactError(f"{path}: weights name {sorted(weights)}, members "
+                            f"{sorted(members)}; they must name the same models")
+    v.number(head.get("intercept"), f"{path}: intercept")
+    v.number(head.get("n_features_in"), f"{path}: n_features_in", lo=1, integer=True)
+    if head.get("x_coef") is not None:
+        v.finite_array(v.sequence(head["x_coef"], f"{path}: x_coef"), f"{path}: x_coef",
+                       kind="fiu")
+    for name, cols in v.mapping(head.get("neutral") or {}, f"{path}: neutral").items():
+        v.sequence(cols, f"{path}: neutral.{name}", of=str)
+    if not isinstance(head.get("residual", False), bool):
+        raise ArtifactError(f"{path}: residual: {head.get('residual')!r} is not true or false")
+    names = head.get("feature_names_in")
+    if names is not None:
+        v.sequence(names, f"{path}: feature_names_in", of=str,
+                   length=int(head["n_features_in"]))
+
+
+def check_members(model: DeliveredModel, directory: Path) -> None:
+    """Every member takes the delivered model's inputs (a member folder swapped in from a
+    model on other factors is named with ``head.json``), and neutralised columns are
+    inputs."""
+    names = getattr(model, "feature_names_in_", None)
+    want = None if names is None else [str(n) for n in names]
+    for name, m in model.members_.items():
+        got = getattr(m, "feature_names_in_", None)
+        got = None if got is None else [str(c) for c in got]
+        if int(m.n_features_in_) != model.n_features_in_ or (
+                want is not None and got is not None and got != want):
+            diff = sorted(set(got or []) ^ set(want or []))[:3]
+            raise ArtifactError(
+                f"{directory / MEMBERS / name}: member inputs ({m.n_features_in_} features"
+                f"{', e.g. ' + ', '.join(diff) if diff else ''}) differ from those of "
+                f"{directory / HEAD} ({model.n_features_in_}); the member is from another "
+                "model")
+        unknown = [c for c in model.neutral_.get(name, []) if want is not None and
+                   c not in want]
+        if unknown:
+            raise ArtifactError(f"{directory / HEAD}: neutral.{name}: {unknown[0]!r} is not "
+                                "an input of the model")

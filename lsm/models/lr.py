@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import read_json, write_json
+from lsm.io.values import finite_array
 from lsm.models.base import LsmClassifier, check_weights, register
 
 COEF = "coef.json"
@@ -65,6 +66,10 @@ class LogisticModel(LsmClassifier):
     artifacts = (COEF,)
     #: Stage-2 options (L2-SP strength ``lam``) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"lam": 100.0}, {"lam": 10.0}, {"lam": 1.0}, {"lam": 0.1})
+
+    #: scikit-learn's constraints on the parameters shared with its LogisticRegression
+    _parameter_constraints = {k: LogisticRegression._parameter_constraints[k] for k in (
+        "C", "max_iter", "tol", "class_weight", "random_state")}
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-6,
                  class_weight: dict | str | None = None, random_state: int | None = 0) -> None:
@@ -124,3 +129,6 @@ class LogisticModel(LsmClassifier):
             raise ArtifactError(f"{directory / COEF}: malformed ({err})") from None
         if self.coef_.shape[0] != self.intercept_.size:
             raise ArtifactError(f"{directory / COEF}: coef and intercept shapes do not match")
+        k = 1 if self.classes_.size == 2 else self.classes_.size
+        finite_array(self.coef_, f"{directory / COEF}: coef", shape=(k, self.n_features_in_))
+        finite_array(self.intercept_, f"{directory / COEF}: intercept", shape=(k,))

@@ -28,17 +28,20 @@ import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes
+from lsm.io.values import finite_array, number
 from lsm.models.base import META, LsmClassifier, check_weights, first_line, register
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ _DEVICES = ("auto", "cpu", "cuda")
 # Below this many validation rows early stopping is noise; train for max_epochs instead.
 _MIN_VALIDATION = 20
 _PREDICT_BATCH = 65_536
+# Input scales below this are taken as a constant column (scale 1).
+_MIN_SCALE = 1e-12
 
 
 def resolve_device(device: str, *, strict: bool = True) -> torch.device:
@@ -180,6 +185,36 @@ class MLPModel(LsmClassifier):
     anchor_grid = ({"alpha": 100.0}, {"alpha": 10.0, "lr": 1e-3},
                    {"alpha": 1.0, "lr": 3e-3, "epochs": 200})
 
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "device": [str],
+        "mixed_precision": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["boolean"],
+    }
+
+    @classmethod
+    def param_problem(cls, name: str, value: Any) -> str | None:
+        """The constraints, and: ``hidden_layer_sizes`` entries are ints >= 1; ``device``
+        is auto, cpu, cuda or cuda:N."""
+        problem = super().param_problem(name, value)
+        if problem is None and name == "hidden_layer_sizes":
+            sizes = list(value)
+            if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                       for s in sizes):
+                return "must be a list of layer widths, each an int >= 1"
+        if problem is None and name == "device" and not (
+                value in _DEVICES or str(value).startswith("cuda:")):
+            return f"must be one of {', '.join(_DEVICES)} or cuda:N"
+        return problem
+
     def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (64, 32), dropout: float = 0.1,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
                  max_epochs: int = 200, patience: int = 20, validation_fraction: float = 0.15,
@@ -264,7 +299,7 @@ class MLPModel(LsmClassifier):
             mean = np.average(X, axis=0, weights=w)
             scale = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=w))
         # Constant columns: leave them centred at 0 instead of dividing by ~0.
-        scale[scale < 1e-12] = 1.0
+        scale[scale < _MIN_SCALE] = 1.0
         self.input_mean_, self.input_scale_ = mean, scale
 
         rng = check_random_state(self.random_state)
@@ -429,6 +464,18 @@ class MLPModel(LsmClassifier):
                 len(self.classes_) != 2:
             raise ArtifactError(f"{directory / META_FILE}: scaler arrays or classes do not match "
                                 f"n_features={n_features}")
+        finite_array(mean, f"{directory / META_FILE}: input_mean")
+        finite_array(scale, f"{directory / META_FILE}: input_scale")
+        # fit never writes a scale below _MIN_SCALE (it uses 1 instead); inputs are scaled
+        # into float32, so the centre must fit in float32 too
+        bad = np.flatnonzero(~((scale >= _MIN_SCALE) & (scale < 1e30)))
+        if bad.size:
+            raise ArtifactError(f"{directory / META_FILE}: input_scale[{bad[0]}]: "
+                                f"{scale[bad[0]]!r} is outside [{_MIN_SCALE}, 1e30)")
+        bad = np.flatnonzero(np.abs(mean) >= 1e30)
+        if bad.size:
+            raise ArtifactError(f"{directory / META_FILE}: input_mean[{bad[0]}]: "
+                                f"{mean[bad[0]]!r} is outside (-1e30, 1e30)")
         weights = directory / WEIGHTS_FILE
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -437,6 +484,15 @@ class MLPModel(LsmClassifier):
         except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
             raise ArtifactError(f"{weights}: unreadable torch state_dict "
                                 f"({type(err).__name__}: {first_line(err)})") from None
+        if not isinstance(state, dict):
+            raise ArtifactError(f"{weights}: holds a {type(state).__name__}, not a state_dict")
+        for key, t in state.items():
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ArtifactError(f"{weights}: {key}: {what} where the network has float "
+                                    "weights")
+            if not bool(torch.isfinite(t).all()):
+                raise ArtifactError(f"{weights}: {key}: holds NaN or infinite weights")
         net = build_net(n_features, sizes, float(self.dropout))
         try:
             net.load_state_dict(state, strict=True)
@@ -446,8 +502,10 @@ class MLPModel(LsmClassifier):
         net.eval()
         self.net_ = net.to(resolve_device(self.device, strict=False))
         self.input_mean_, self.input_scale_ = mean, scale
-        self.n_iter_ = int(meta.get("n_iter", 0))
-        self.best_epoch_ = int(meta.get("best_epoch", 0))
+        self.n_iter_ = number(meta.get("n_iter", 0), f"{directory / META_FILE}: n_iter", lo=0,
+                              integer=True)
+        self.best_epoch_ = number(meta.get("best_epoch", 0),
+                                  f"{directory / META_FILE}: best_epoch", lo=0, integer=True)
         self.loss_curve_, self.validation_loss_curve_ = [], []
 
     @classmethod

@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import read_arrays, write_arrays
-from lsm.models.base import LsmClassifier, check_weights, register
+from lsm.models.base import LsmClassifier, check_weights, first_line, register
 
 TREES = "trees.npz"
 # Node fields of sklearn's Tree, in the order of its structured ``nodes`` array.
@@ -79,6 +79,11 @@ class RandomForestModel(LsmClassifier):
     artifacts = (TREES,)
     #: Stage-2 options (weight of the source trees) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"source_weight": 1500.0}, {"source_weight": 150.0})
+
+    #: the forest's own constraints on the parameters it shares with it
+    _parameter_constraints = {k: RandomForestClassifier._parameter_constraints[k] for k in (
+        "n_estimators", "max_depth", "min_samples_leaf", "max_features", "class_weight",
+        "n_jobs", "random_state")}
 
     def __init__(self, *, n_estimators: int = 100, max_depth: int | None = None,
                  min_samples_leaf: int = 2, max_features: str | int | float | None = "sqrt",
@@ -152,14 +157,26 @@ class RandomForestModel(LsmClassifier):
 
     def _load_payload(self, directory: Path, meta: dict[str, Any]) -> None:
         """Rebuild the forest from ``trees.npz`` (validated: no pickles, no unsafe trees)."""
+        from lsm.io import values as v
+
         arrays = read_arrays(directory / TREES)
+        where = f"{directory / 'meta.json'}: forest"
+        info = v.mapping(meta.get("forest"), where)
+        if v.number(info.get("n_classes"), f"{where}.n_classes", integer=True) != \
+                len(self.classes_):
+            raise ArtifactError(f"{where}.n_classes: {info['n_classes']!r}, but "
+                                f"{len(self.classes_)} classes")
+        v.number(info.get("n_trees"), f"{where}.n_trees", lo=1, integer=True)
+        v.number(info.get("n_samples", 0), f"{where}.n_samples", lo=0, integer=True)
+        if info.get("n_samples_bootstrap") is not None:
+            v.number(info["n_samples_bootstrap"], f"{where}.n_samples_bootstrap", lo=0,
+                     integer=True)
         try:
-            info = meta["forest"]
             trees = _rebuild_trees(arrays, self.n_features_in_, int(info["n_classes"]),
                                    dict(info["tree_params"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise ArtifactError(f"{directory / TREES}: does not hold a valid forest "
-                                f"({type(err).__name__}: {err})") from None
+                                f"({type(err).__name__}: {first_line(err)})") from None
         if len(trees) != int(info["n_trees"]):
             raise ArtifactError(f"{directory / TREES}: {len(trees)} trees, meta.json says "
                                 f"{info['n_trees']}")
@@ -227,19 +244,41 @@ def _rebuild_trees(arrays: dict[str, np.ndarray], n_features: int, n_classes: in
         if np.shape(arrays[name]) != counts.shape:
             raise ValueError(f"{name} has shape {np.shape(arrays[name])}, expected "
                              f"{counts.shape} (one per tree)")
+        if arrays[name].dtype.kind not in "iu":
+            raise ValueError(f"{name} has dtype {arrays[name].dtype}, not integer")
+    if (arrays["max_depth"] < 0).any() or (arrays["max_depth"] >= counts).any():
+        raise ValueError("max_depth must lie in 0 .. node_count - 1 for every tree")
+    if (arrays["tree_max_features"] < 1).any() or \
+            (arrays["tree_max_features"] > n_features).any():
+        raise ValueError(f"tree_max_features must lie in 1 .. {n_features}")
     total = int(counts.sum())
     values = np.asarray(arrays["values"], dtype=np.float64)
     if values.shape != (total, 1, n_classes):
         raise ValueError(f"values has shape {values.shape}, expected {(total, 1, n_classes)}")
     if not np.isfinite(values).all():
         raise ValueError("values holds NaN or infinite entries")
+    # a classifier tree's node values are class fractions (what predict_proba averages)
+    if (values < 0).any() or (values > 1).any() or \
+            not np.allclose(values.sum(axis=2), 1.0, rtol=0, atol=1e-6):
+        raise ValueError("values are not class fractions (each in [0, 1], summing to 1 "
+                         "per node)")
     for name in node_dtype.names:
         if name not in arrays and name != "missing_go_to_left":
             raise ValueError(f"node field {name!r} missing")
         if name in arrays and arrays[name].shape != (total,):
             raise ValueError(f"node field {name!r} has shape {arrays[name].shape}")
-        if name in ("left_child", "right_child", "feature") and arrays[name].dtype.kind not in "iu":
+        if name in arrays and arrays[name].dtype.kind not in "iuf" + "b" * (
+                name == "missing_go_to_left"):
+            raise ValueError(f"node field {name!r} has dtype {arrays[name].dtype}, not numeric")
+        if name in ("left_child", "right_child", "feature", "n_node_samples",
+                    "missing_go_to_left") and name in arrays and \
+                arrays[name].dtype.kind not in "iub":
             raise ValueError(f"node field {name!r} has dtype {arrays[name].dtype}, not integer")
+        if name in ("impurity", "weighted_n_node_samples", "n_node_samples") and \
+                name in arrays:
+            a = np.asarray(arrays[name], dtype=np.float64)
+            if not np.isfinite(a).all() or (a < 0).any():
+                raise ValueError(f"node field {name!r} holds NaN, infinite or negative values")
     offsets = np.concatenate([[0], np.cumsum(counts)])
     trees = []
     for i, n in enumerate(counts.tolist()):

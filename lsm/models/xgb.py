@@ -14,17 +14,20 @@ Example
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.utils import Tags, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes
-from lsm.models.base import LsmClassifier, check_weights, register
+from lsm.io.values import number
+from lsm.models.base import LsmClassifier, check_weights, first_line, register
 
 BOOSTER = "model.ubj"
 
@@ -68,6 +71,22 @@ class XGBModel(LsmClassifier):
     #: Stage-2 options (extra boosting rounds) tried by ``--anchor auto``, strong first.
     anchor_grid = ({"n_rounds": 10}, {"n_rounds": 40},
                    {"n_rounds": 100, "learning_rate": 0.1, "max_depth": 3})
+
+    #: XGBoost's ranges (its parameter docs), narrowed where a value makes a useless model:
+    #: no rounds, depth 0 (only the lossguide policy accepts it), a zero learning rate or
+    #: an empty sample of rows or columns
+    _parameter_constraints = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "max_depth": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, 1, closed="right")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        "min_child_weight": [Interval(Real, 0, None, closed="left")],
+        "reg_lambda": [Interval(Real, 0, None, closed="left")],
+        "tree_method": [StrOptions({"hist", "approx", "exact", "auto"})],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+    }
 
     def __init__(self, *, n_estimators: int = 300, max_depth: int = 4,
                  learning_rate: float = 0.05, subsample: float = 0.8,
@@ -138,9 +157,11 @@ class XGBModel(LsmClassifier):
         if booster.num_features() != self.n_features_in_:
             raise ArtifactError(f"{directory / BOOSTER}: {booster.num_features()} features, "
                                 f"meta.json says {self.n_features_in_}")
-        if "n_trees" in meta and n_trees(booster) != int(meta["n_trees"]):
+        if "n_trees" in meta and n_trees(booster) != number(
+                meta["n_trees"], f"{directory / 'meta.json'}: n_trees", lo=0, integer=True):
             raise ArtifactError(f"{directory / BOOSTER}: {n_trees(booster)} trees, meta.json "
                                 f"says {meta['n_trees']}")
+        check_booster(booster, directory / BOOSTER, self.n_features_in_)
         booster.set_param(xgb_threads(self.n_jobs))
         self.booster_ = booster
 
@@ -157,6 +178,40 @@ def load_booster(path: Path) -> Any:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ArtifactError(f"{path}: not a readable XGBoost model ({first[:200]})") from None
     return booster
+
+
+def check_booster(booster: Any, path: Path, n_features: int) -> None:
+    """Raise :class:`ArtifactError` unless every number of ``booster`` is finite and every
+    split reads one of its ``n_features`` inputs (XGBoost loads NaN leaves and
+    out-of-range split features without a word)."""
+    import json
+
+    def refuse(token: str) -> float:
+        raise ValueError(token)
+
+    try:
+        doc = json.loads(bytes(booster.save_raw(raw_format="json")), parse_constant=refuse)
+    except ValueError as err:
+        raise ArtifactError(f"{path}: holds a {first_line(err)} value (leaf weight, split "
+                            "or base score); refusing the model") from None
+    learner = doc.get("learner", {})
+    trees = learner.get("gradient_booster", {}).get("model", {}).get("trees", [])
+    for i, tree in enumerate(trees):
+        idx = np.asarray(tree.get("split_indices", []), dtype=np.int64)
+        left = np.asarray(tree.get("left_children", []), dtype=np.int64)
+        inner = left != -1 if left.shape == idx.shape else np.ones(idx.shape, bool)
+        bad = np.flatnonzero(inner & ((idx < 0) | (idx >= n_features)))
+        if bad.size:
+            raise ArtifactError(f"{path}: tree {i} node {bad[0]} splits on feature "
+                                f"{idx[bad[0]]}, not one of the {n_features} inputs")
+    try:
+        base = learner.get("learner_model_param", {}).get("base_score", "0.5")
+        finite = np.isfinite(np.asarray(json.loads(base) if base.startswith("[") else
+                                        [float(base)], dtype=np.float64)).all()
+    except (TypeError, ValueError, AttributeError):
+        finite = False
+    if not finite:
+        raise ArtifactError(f"{path}: base_score {base!r} is not a finite number")
 
 
 def xgb_objective(n_classes: int) -> dict[str, Any]:

@@ -67,6 +67,9 @@ def name_categories(table: pd.DataFrame, spec: RegionSpec, *, as_category: bool 
     the mapping path uses it, since naming each pixel in a column of strings costs
     more than the model on large map blocks.
     """
+    from lsm.stack.features import check_unique_columns
+
+    check_unique_columns(table, list(spec.factor_names))
     out = table.copy(deep=False)  # copy-on-write: replaced columns never touch ``table``
     for f in spec.factor_names:
         if f in out.columns and spec.kind_of(f) == "categorical":

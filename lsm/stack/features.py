@@ -137,6 +137,16 @@ def _numeric(col: pd.Series) -> np.ndarray:
     return values if values.dtype.kind == "f" else col.to_numpy(dtype="float64")
 
 
+def check_unique_columns(table: pd.DataFrame, factors: list[str]) -> None:
+    """Raise :class:`FactorMismatchError` if a factor's column appears more than once in
+    ``table`` (which of them holds the factor would be a guess)."""
+    if table.columns.has_duplicates:
+        dup = [f for f in factors if (table.columns == f).sum() > 1]
+        if dup:
+            raise FactorMismatchError(f"factor column {dup[0]!r} appears more than once in "
+                                      "the data; keep one of them")
+
+
 def design_matrix(
     table: pd.DataFrame,
     schema: FeatureSchema,
@@ -157,6 +167,7 @@ def design_matrix(
     missing = [f for f in schema.factors if f not in table.columns]
     if missing:
         raise FactorMismatchError(f"factor(s) {missing} of the model are not in the data")
+    check_unique_columns(table, schema.factors)
     n = len(table)
     columns = schema.columns
     if not n:

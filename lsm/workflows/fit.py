@@ -102,6 +102,9 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"]}
                 data.table[f"oof_{fam}"] = res["oof"]
 
+    weak = weak_skill(metrics["cv"], cfg.params)
+    if weak:
+        metrics["warnings"] = weak
     models = fit_models(data, schema, list(cfg.models), norm=cfg.norm, seed=cfg.seed,
                         device=cfg.device, progress=cfg.progress, params=cfg.params)
     write_run(out, models=models, table=data.table, metrics=metrics, meta={
@@ -109,10 +112,30 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         "families": list(cfg.models),
         "schema": schema.to_dict(), "norm": cfg.norm, "stats": data.stats,
         "source_stats": data.stats, "training_prevalence": float(y.mean()), "seed": cfg.seed,
-        "split": data.split, "notes": data.notes, "checksums": data.checksums,
+        "split": data.split, "notes": data.notes + weak, "checksums": data.checksums,
         "spec": dump_region(spec), "spec_file": str(spec.source_file or spec.name),
     })
     return metrics
+
+
+#: A family whose cross-validated AUC is at most this is reported as having no skill.
+WEAK_AUC = 0.55
+
+
+def weak_skill(cv: dict[str, Any], params: dict[str, dict[str, Any]]) -> list[str]:
+    """One warning line per family whose mean cross-validated AUC is at most
+    :data:`WEAK_AUC` (or undefined): its map would rank pixels no better than chance,
+    often because of its hyper-parameters (``--params``)."""
+    out = []
+    for fam, res in cv.items():
+        auc = res.get("summary", {}).get("auc", {}).get("mean")
+        if auc is None or not np.isfinite(auc) or auc <= WEAK_AUC:
+            shown = "undefined" if auc is None or not np.isfinite(auc) else f"{auc:.3f}"
+            why = (f" with the --params values {params[fam]}" if params.get(fam)
+                   else "")
+            out.append(f"{fam}: cross-validated AUC {shown} <= {WEAK_AUC}: no skill above "
+                       f"chance{why}; do not use its map")
+    return out
 
 
 #: How a multi-source run weights its pooled rows (see lsm.workflows.sources.source_weights).
@@ -228,6 +251,10 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"],
                                       "per_region": res["per_region"]}
                 table[f"oof_{fam}"] = res["oof"]
+    weak = weak_skill(metrics["cv"], cfg.params)
+    if weak:
+        metrics["warnings"] = weak
+        notes += weak
     models = {}
     with progress_bar("training final models", len(cfg.models), enabled=cfg.progress) as bar:
         for fam in cfg.models:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lsm.config.spec import RegionSpec, load_region
-from lsm.errors import FactorMismatchError, SpecError
+from lsm.errors import ArtifactError, FactorMismatchError, SpecError
 from lsm.io.artifacts import read_json, write_json
 from lsm.stack.clean import name_categories
 from lsm.stack.features import design_matrix
@@ -297,11 +297,20 @@ def _best_family(run: Run) -> str:
     except Exception:
         m = {}
     scores: dict[str, float] = {}
-    if "cv" in m:
-        scores = {f: r["summary"]["auc"]["mean"] for f, r in m["cv"].items()}
-    elif "models" in m:
-        scores = {f: r["stage2"]["auc"]["mean"] for f, r in m["models"].items()}
-    scores = {f: s for f, s in scores.items() if f in run.models and s == s}
+    key = "cv" if isinstance(m, dict) and "cv" in m else "models"
+    try:
+        if key == "cv":
+            scores = {f: r["summary"]["auc"]["mean"] for f, r in m["cv"].items()}
+        elif isinstance(m, dict) and "models" in m:
+            scores = {f: r["stage2"]["auc"]["mean"] for f, r in m["models"].items()}
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ArtifactError(f"{run.path / 'metrics.json'}: malformed '{key}' "
+                            f"({type(err).__name__}: {err})") from None
+    for f, s in scores.items():
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
+            raise ArtifactError(f"{run.path / 'metrics.json'}: {key}.{f}: AUC {s!r} is not a "
+                                "number")
+    scores = {f: s for f, s in scores.items() if f in run.models and s is not None and s == s}
     if scores:
         return max(scores, key=scores.get)  # type: ignore[arg-type]
     return "xgb" if "xgb" in run.models else next(iter(run.models))
@@ -566,8 +575,11 @@ def zones_withheld(run: Run, force: bool = False) -> str | None:
     p = run.path / "metrics.json"
     if not p.exists():
         return None
-    skill = read_json(p).get("skill") or {}
-    return skill.get("message") if skill.get("near_chance") else None
+    metrics = read_json(p)
+    skill = (metrics.get("skill") if isinstance(metrics, dict) else None) or {}
+    if not isinstance(skill, dict):
+        raise ArtifactError(f"{p}: skill: {skill!r} is not an object")
+    return str(skill.get("message")) if skill.get("near_chance") else None
 
 
 def _remove_stale(out: Path, stem: str, suffixes: tuple[str, ...]) -> None:

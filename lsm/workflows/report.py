@@ -79,6 +79,8 @@ def print_fit_metrics(metrics: dict[str, Any], console: Any) -> None:
         t.add_row(fam, *(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
                          for k in ("auc", "log_loss", "brier", "accuracy")))
     console.print(t)
+    for w in metrics.get("warnings", []):
+        console.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
 
 
 def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:

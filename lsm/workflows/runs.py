@@ -116,13 +116,17 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
             check_name(str(meta["region"]))
         except ValueError as err:
             raise ArtifactError(f"{path / MODEL_JSON}: region: {err}") from None
-    have = list(meta.get("families", []))
+    from lsm.workflows.run_values import check_run_meta, check_run_models
+
+    schema = check_run_meta(meta, path / MODEL_JSON)
+    have = list(meta["families"])
     wanted = families or have
     missing = [f for f in wanted if f not in have]
     if missing:
         raise ArtifactError(f"{path}: run has no model(s) {missing} (it has {', '.join(have)})")
     # each folder names its own family (a generic transfer stage is a delivered model)
     models = {f: load_model(path / "model" / f) for f in wanted}
+    check_run_models(path, schema, models)
     return Run(path, meta, models)
 
 
