@@ -150,5 +150,7 @@ def test_shots_all_delivers_the_plain_fit_chosen_on_inner_folds_only(
     assert list(dm.members_) == ["fit_lr"]
     assert list(dm.feature_names_in_) == run.schema.columns
     assert list((out / "maps").glob("demo-target_delivered_probability.tif"))
+    # its uncertainty layer refits the plain fit on bootstrap resamples of its own rows
+    assert list((out / "maps").glob("demo-target_delivered_uncertainty.tif"))
     report = (out / "report.md").read_text()
     assert "transfer vs fit on the target alone" in report.lower()
