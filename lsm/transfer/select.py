@@ -482,12 +482,16 @@ def neutral_strategies(source: str, target_families: Sequence[str]) -> list[Stra
 
 
 def shot_folds(y: np.ndarray, *, n_splits: int, n_repeats: int, seed: int,
-               xy: np.ndarray | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+               xy: np.ndarray | None = None, blocks: np.ndarray | None = None
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Train/validation index pairs over the shots, and how they were made.
 
-    Spatial blocks (grouped, stratified folds) when the shots have coordinates
-    and each class spans at least ``2 * n_splits`` blocks of a grid of about
-    ``4 * n_splits`` blocks per side; otherwise repeated stratified folds.
+    With ``blocks`` (a block id per shot: production mode passes the blocks of the
+    folds that report skill), grouped stratified folds over those blocks when each
+    class spans at least ``n_splits`` of them.  Otherwise spatial blocks (grouped,
+    stratified folds) when the shots have coordinates and each class spans at least
+    ``2 * n_splits`` blocks of a grid of about ``4 * n_splits`` blocks per side;
+    otherwise repeated stratified folds.
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -496,6 +500,11 @@ def shot_folds(y: np.ndarray, *, n_splits: int, n_repeats: int, seed: int,
     if k < 2:
         return [], "none (fewer than 2 shots of a class)"
     folds: list[tuple[np.ndarray, np.ndarray]] = []
+    if blocks is not None and min(np.unique(blocks[y == c]).size for c in (0, 1)) >= k:
+        for r in range(n_repeats):
+            cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed + r)
+            folds += list(cv.split(np.zeros(y.size), y, blocks))
+        return folds, f"the skill folds' spatial blocks ({k} folds x {n_repeats})"
     if xy is not None and np.isfinite(xy).all():
         span = np.ptp(xy, axis=0).max()
         bs = span / (4 * k) if span > 0 else 1.0
@@ -547,13 +556,15 @@ class Selection:
 
 def select_strategy(strategies: Sequence[Strategy], shots: Batch, y: np.ndarray, ctx: Context,
                     *, n_splits: int = 5, n_repeats: int = 2, xy: np.ndarray | None = None,
-                    switch_se: float = SWITCH_SE) -> Selection:
+                    switch_se: float = SWITCH_SE, blocks: np.ndarray | None = None
+                    ) -> Selection:
     """Score every strategy by out-of-fold log-loss on the shots; keep the preferred one
     unless another is clearly better (see the module docstring)."""
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y, dtype=np.float64)
-    folds, how = shot_folds(y, n_splits=n_splits, n_repeats=n_repeats, seed=ctx.seed, xy=xy)
+    folds, how = shot_folds(y, n_splits=n_splits, n_repeats=n_repeats, seed=ctx.seed, xy=xy,
+                            blocks=blocks)
     fallback = min(strategies, key=lambda s: s.rank)
     if not folds:
         return Selection(fallback, fallback, {}, {}, how,
@@ -681,8 +692,8 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
                   stages: bool = True, source_table: tuple[Any, np.ndarray] | None = None,
                   continuous: Sequence[str] = (), fit_matrix: Any = None,
                   fit_families: Sequence[str] = (),
-                  make_fit: Callable[[str, int], Any] | None = None
-                  ) -> tuple[DeliveredModel, Selection]:
+                  make_fit: Callable[[str, int], Any] | None = None,
+                  blocks: np.ndarray | None = None) -> tuple[DeliveredModel, Selection]:
     """Choose a strategy by cross-validation on the shots ``(X, y)`` and fit it on all.
 
     Parameters
@@ -708,6 +719,9 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
         trains them (``make_fit(family, seed)``); each is a ``fit(g)`` candidate,
         delivered when its cross-validated log-loss is below the transfer choice's.
         The delivered model then takes ``fit_matrix``'s columns.
+    blocks : ndarray of shape (n,), optional
+        Spatial block of each row: the inner folds group whole blocks (production
+        mode: the blocks of the folds that report skill; see :func:`shot_folds`).
 
     Returns
     -------
@@ -735,7 +749,8 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
         shots.F = fit_matrix
         pool += fit_strategies(fit_families)
         ctx.make_fit = make_fit
-    sel = select_strategy(pool, shots, y, ctx, n_splits=n_splits, n_repeats=n_repeats, xy=xy)
+    sel = select_strategy(pool, shots, y, ctx, n_splits=n_splits, n_repeats=n_repeats, xy=xy,
+                          blocks=blocks)
     sel.relations = relations
     sel.neutral = neutral
     if sel.chosen.kind == FIT:  # the delivered model takes the fit's own columns

@@ -261,7 +261,8 @@ def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int,
     extra: dict[str, Any] = {}
     if fit is not None:
         extra = {"fit_matrix": fit.X.iloc[idx], "fit_families": fit.families,
-                 "make_fit": lambda fam, sd: make_model(fam, seed=sd, device=cfg.device)}
+                 "make_fit": lambda fam, sd: make_model(fam, seed=sd, device=cfg.device),
+                 "blocks": None if fit.blocks is None else fit.blocks[idx]}
     return fit_delivered(s.models, s.X.iloc[idx], s.y[idx], make_target=_make_target(cfg.device),
                          target_families=target_candidates(s.families),
                          seed=seed, n_repeats=1,
@@ -502,20 +503,26 @@ class _PlainFit:
     norm: str
     X: Any
     families: list[str]
+    blocks: np.ndarray | None = None  # spatial block of each row, as the outer folds'
 
 
 def _plain_fit_setup(s: _Setup) -> _PlainFit:
     """``lsm fit --source <target>``'s design matrix: the target's own factors (less those
     its spec excludes from transfer) and 'lsm fit''s default normalisation."""
     from lsm.config.run import FitConfig
+    from lsm.sampling.folds import block_ids, default_block_size
     from lsm.stack.features import FeatureSchema
     from lsm.workflows.fit import train_matrix
 
     norm = str(FitConfig.model_fields["norm"].default)
     factors = [f for f in s.tspec.transfer_factor_names if f in s.target.kinds]
     schema = FeatureSchema.from_table(s.target.table, s.target.kinds, factors)
+    blocks = None
+    if s.xy is not None:  # the inner folds group the same blocks as the outer ones
+        x, y = s.xy[:, 0], s.xy[:, 1]
+        blocks = block_ids(x, y, s.tspec.folds.block_size or default_block_size(x, y))
     return _PlainFit(schema, norm, train_matrix(s.target, schema, norm),
-                     target_candidates(s.families))
+                     target_candidates(s.families), blocks)
 
 
 def _plain_fit_cv(cfg: FinetuneConfig, s: _Setup, fit: _PlainFit,

@@ -134,6 +134,9 @@ def test_shots_all_delivers_the_plain_fit_chosen_on_inner_folds_only(
     data = load_region_data(load_region(str(demo_dir / "demo-target.yaml")), progress=False)
     np.testing.assert_array_equal(fold, data.table["fold"].to_numpy())
 
+    # the inner folds group the same spatial blocks as the outer ones
+    assert all(c["folds"].startswith("the skill folds' spatial blocks")
+               for c in m["delivered"]["choices"])
     prod = m["production"]
     assert prod["delivered_is_fit"] and prod["map_model"] == "fit(lr)"
     assert set(prod["fit_cv"]) == {"lr", "best"} and prod["fit_cv"]["best"] == "lr"
@@ -154,3 +157,16 @@ def test_shots_all_delivers_the_plain_fit_chosen_on_inner_folds_only(
     assert list((out / "maps").glob("demo-target_delivered_uncertainty.tif"))
     report = (out / "report.md").read_text()
     assert "transfer vs fit on the target alone" in report.lower()
+
+
+def test_inner_folds_keep_whole_blocks_together() -> None:
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 30, size=400)
+    y = rng.integers(0, 2, size=400)
+    folds, how = S.shot_folds(y, n_splits=5, n_repeats=2, seed=0, blocks=blocks)
+    assert len(folds) == 10 and how.startswith("the skill folds' spatial blocks")
+    for tr, va in folds:
+        assert not set(blocks[tr]) & set(blocks[va])
+    # too few blocks for a class: the usual folds
+    _, how = S.shot_folds(y, n_splits=5, n_repeats=1, seed=0, blocks=blocks % 3)
+    assert how.startswith("stratified")
