@@ -27,7 +27,12 @@ Candidates (see :mod:`lsm.models.delivered` for the model they produce):
   source logit (XGBoost ``base_margin``);
 - ``target(g)``: family ``g`` trained on the shots alone;
 - ``stage1(f)`` / ``stage2(f)``: the family's own two-stage transfer;
-- ``blend(f+g, w)``: ``w`` x recalibrated source ``f`` + ``(1 - w)`` x target ``g``.
+- ``blend(f+g, w)``: ``w`` x recalibrated source ``f`` + ``(1 - w)`` x target ``g``;
+- ``fit(g)``: production mode (``--shots all``) only: family ``g`` trained as
+  ``lsm fit`` trains it (default, full-capacity parameters) on the target alone,
+  with the target's own factors and normalisation (:attr:`Batch.F`).  It is
+  compared with the transfer choice above by the same cross-validated log-loss
+  and delivered when lower (see :func:`select_strategy`).
 """
 
 from __future__ import annotations
@@ -52,13 +57,20 @@ class Batch:
     X: Any  # what the family models take (a DataFrame with feature names)
     Xa: np.ndarray  # float64 matrix, NaN -> 0 (normalised factors: 0 is the mean)
     S: dict[str, np.ndarray]  # source family -> logit; "mean" -> their average
+    #: the same rows as ``lsm fit`` sees them (the target's own factors and
+    #: normalisation), for the ``fit(g)`` candidates; None: they take ``X``
+    F: Any = None
 
     def take(self, idx: np.ndarray) -> Batch:
-        X = self.X.iloc[idx] if hasattr(self.X, "iloc") else self.X[idx]
-        return Batch(X, self.Xa[idx], {k: v[idx] for k, v in self.S.items()})
+        return Batch(_rows(self.X, idx), self.Xa[idx], {k: v[idx] for k, v in self.S.items()},
+                     None if self.F is None else _rows(self.F, idx))
 
     def __len__(self) -> int:
         return self.Xa.shape[0]
+
+
+def _rows(X: Any, idx: np.ndarray) -> Any:
+    return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
 def make_batch(sources: dict[str, Any], X: Any, *, neutral: Sequence[str] = ()) -> Batch:
@@ -221,6 +233,8 @@ class Strategy:
             return f"blend({self.source}+{self.member}, w={self.weight:g})"
         if self.kind == "ensemble":
             return f"ensemble({self.source}+{self.member}, n0={self.lam:g})"
+        if self.kind == FIT:
+            return f"fit({self.member})"
         return self.kind
 
 
@@ -233,6 +247,9 @@ class Context:
     seed: int = 0
     n_features: int = 0
     feature_names: list[str] | None = None
+    #: ``(family, seed) -> unfitted model`` as ``lsm fit`` makes it (the ``fit(g)``
+    #: candidates); None: the family's defaults
+    make_fit: Callable[[str, int], Any] | None = None
 
 
 def _fit_recal(st: Strategy, tr: Batch, y: np.ndarray, ctx: Context) -> Fitted:
@@ -285,6 +302,31 @@ def _single(model: Any, name: str) -> Fitted:
 def _fit_target(st: Strategy, tr: Batch, y: np.ndarray, ctx: Context) -> Fitted:
     model = ctx.make_target(st.member, ctx.seed).fit(tr.X, y)
     return _single(model, f"target_{st.member}")
+
+
+#: Kind of the plain-fit candidates (production mode).
+FIT = "fit"
+
+
+def _default_fit(family: str, seed: int) -> Any:
+    from lsm.models.base import get_family
+
+    cls = get_family(family)
+    return cls(**({"random_state": seed} if "random_state" in cls().get_params() else {}))
+
+
+def _fit_plain(st: Strategy, tr: Batch, y: np.ndarray, ctx: Context) -> Fitted:
+    """Family ``st.member`` as ``lsm fit`` trains it, on the target's own matrix."""
+    model = (ctx.make_fit or _default_fit)(str(st.member), ctx.seed).fit(
+        tr.X if tr.F is None else tr.F, y)
+    name = f"fit_{st.member}"
+    return Fitted(lambda bt: member_logit(model, bt.X if bt.F is None else bt.F),
+                  lambda: {"members": {name: model}, "weights": {name: 1.0}, "intercept": 0.0})
+
+
+def fit_strategies(families: Sequence[str]) -> list[Strategy]:
+    """The plain-fit candidates of production mode, one per family."""
+    return [Strategy(FIT, member=g, rank=70) for g in families]
 
 
 def _fit_stage(st: Strategy, tr: Batch, y: np.ndarray, ctx: Context) -> Fitted:
@@ -348,7 +390,7 @@ def _fit_ensemble(st: Strategy, tr: Batch, y: np.ndarray, ctx: Context) -> Fitte
 _FITTERS: dict[str, Callable[[Strategy, Batch, np.ndarray, Context], Fitted]] = {
     "recal": _fit_recal, "offset": _fit_offset, "residual": _fit_residual,
     "target": _fit_target, "stage1": _fit_stage, "stage2": _fit_stage, "blend": _fit_blend,
-    "ensemble": _fit_ensemble,
+    "ensemble": _fit_ensemble, FIT: _fit_plain,
 }
 #: Strategies scored in cross-validation from their parts' out-of-fold margins.
 _DERIVED = ("blend", "ensemble")
@@ -440,12 +482,16 @@ def neutral_strategies(source: str, target_families: Sequence[str]) -> list[Stra
 
 
 def shot_folds(y: np.ndarray, *, n_splits: int, n_repeats: int, seed: int,
-               xy: np.ndarray | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+               xy: np.ndarray | None = None, blocks: np.ndarray | None = None
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Train/validation index pairs over the shots, and how they were made.
 
-    Spatial blocks (grouped, stratified folds) when the shots have coordinates
-    and each class spans at least ``2 * n_splits`` blocks of a grid of about
-    ``4 * n_splits`` blocks per side; otherwise repeated stratified folds.
+    With ``blocks`` (a block id per shot: production mode passes the blocks of the
+    folds that report skill), grouped stratified folds over those blocks when each
+    class spans at least ``n_splits`` of them.  Otherwise spatial blocks (grouped,
+    stratified folds) when the shots have coordinates and each class spans at least
+    ``2 * n_splits`` blocks of a grid of about ``4 * n_splits`` blocks per side;
+    otherwise repeated stratified folds.
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -454,6 +500,11 @@ def shot_folds(y: np.ndarray, *, n_splits: int, n_repeats: int, seed: int,
     if k < 2:
         return [], "none (fewer than 2 shots of a class)"
     folds: list[tuple[np.ndarray, np.ndarray]] = []
+    if blocks is not None and min(np.unique(blocks[y == c]).size for c in (0, 1)) >= k:
+        for r in range(n_repeats):
+            cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed + r)
+            folds += list(cv.split(np.zeros(y.size), y, blocks))
+        return folds, f"the skill folds' spatial blocks ({k} folds x {n_repeats})"
     if xy is not None and np.isfinite(xy).all():
         span = np.ptp(xy, axis=0).max()
         bs = span / (4 * k) if span > 0 else 1.0
@@ -488,24 +539,32 @@ class Selection:
     rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=int))
     relations: dict[str, dict[str, Any]] = field(default_factory=dict)
     neutral: list[str] = field(default_factory=list)
+    #: production mode: the transfer choice and the best plain fit it was compared with,
+    #: and the cross-validated log-loss of each (the transfer's as delivered: recalibrated)
+    versus: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         top = sorted(self.cv_loss, key=self.cv_loss.get)[:8]
-        return {"chosen": self.chosen.name, "best_cv": self.best.name, "rule": self.rule,
-                "folds": self.folds, "disagreeing_factors": list(self.neutral),
-                "cv_log_loss": {k: round(self.cv_loss[k], 5) for k in top},
-                "cv_auc": {k: round(self.cv_auc[k], 5) for k in top}}
+        out = {"chosen": self.chosen.name, "best_cv": self.best.name, "rule": self.rule,
+               "folds": self.folds, "disagreeing_factors": list(self.neutral),
+               "cv_log_loss": {k: round(self.cv_loss[k], 5) for k in top},
+               "cv_auc": {k: round(self.cv_auc[k], 5) for k in top}}
+        if self.versus:
+            out["transfer_vs_fit"] = dict(self.versus)
+        return out
 
 
 def select_strategy(strategies: Sequence[Strategy], shots: Batch, y: np.ndarray, ctx: Context,
                     *, n_splits: int = 5, n_repeats: int = 2, xy: np.ndarray | None = None,
-                    switch_se: float = SWITCH_SE) -> Selection:
+                    switch_se: float = SWITCH_SE, blocks: np.ndarray | None = None
+                    ) -> Selection:
     """Score every strategy by out-of-fold log-loss on the shots; keep the preferred one
     unless another is clearly better (see the module docstring)."""
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y, dtype=np.float64)
-    folds, how = shot_folds(y, n_splits=n_splits, n_repeats=n_repeats, seed=ctx.seed, xy=xy)
+    folds, how = shot_folds(y, n_splits=n_splits, n_repeats=n_repeats, seed=ctx.seed, xy=xy,
+                            blocks=blocks)
     fallback = min(strategies, key=lambda s: s.rank)
     if not folds:
         return Selection(fallback, fallback, {}, {}, how,
@@ -553,12 +612,14 @@ def select_strategy(strategies: Sequence[Strategy], shots: Batch, y: np.ndarray,
     cv_auc = {n: float(roc_auc_score(yy, oof[n])) for n in losses}
     best = min(cv_loss, key=cv_loss.get)
     n_eff = y.size  # repeats of the same shots are not independent evidence
-    preferred = min(losses, key=lambda n: (by_name[n].rank, cv_loss[n]))
+    fits = [n for n in losses if by_name[n].kind == FIT]
+    transfer = {n: v for n, v in losses.items() if by_name[n].kind != FIT} or losses
+    preferred = min(transfer, key=lambda n: (by_name[n].rank, cv_loss[n]))
     # the preferred candidate stays unless another beats it by more than SWITCH_SE
     # paired standard errors: with tens of shots and many candidates, smaller wins are
     # mostly the luck of the folds (the winner's curse)
     clear = {}
-    for n, v in losses.items():
+    for n, v in transfer.items():
         d = v - losses[preferred]
         se = d.std(ddof=1) / np.sqrt(n_eff) if d.size > 1 else 0.0
         if d.mean() < -switch_se * se:
@@ -568,7 +629,36 @@ def select_strategy(strategies: Sequence[Strategy], shots: Batch, y: np.ndarray,
             "the cross-validated log-loss" if clear else
             f"default {preferred}: no candidate beats it by more than {switch_se:g} "
             f"standard errors of the cross-validated log-loss (best: {best})")
-    return Selection(by_name[chosen], by_name[best], cv_loss, cv_auc, how, rule, oof, idx)
+    versus: dict[str, Any] = {}
+    if fits and chosen not in fits:
+        # production: the transfer choice against the plain fits on the same folds; the
+        # lower log-loss is delivered (a tie keeps the transfer).  A handful of
+        # candidates on every labelled point: no switching margin is needed.
+        fit = min(fits, key=cv_loss.get)
+        t_loss = _delivered_loss(by_name[chosen], yy, oof[chosen])
+        versus = {"transfer": chosen, "transfer_cv_log_loss": round(t_loss, 5),
+                  "fit": fit, "fit_cv_log_loss": round(cv_loss[fit], 5),
+                  "fit_cv_auc": round(cv_auc[fit], 5)}
+        if cv_loss[fit] < t_loss:
+            rule = (f"{fit}, the plain fit on the target alone, has a lower cross-validated "
+                    f"log-loss ({cv_loss[fit]:.4f}) than the transfer choice {chosen} "
+                    f"({t_loss:.4f}; {rule})")
+            chosen = fit
+        else:
+            rule += (f"; its log-loss ({t_loss:.4f}) is also at most that of the best plain "
+                     f"fit on the target alone, {fit} ({cv_loss[fit]:.4f})")
+    sel = Selection(by_name[chosen], by_name[best], cv_loss, cv_auc, how, rule, oof, idx)
+    sel.versus = versus
+    return sel
+
+
+def _delivered_loss(strategy: Strategy, y: np.ndarray, margin: np.ndarray) -> float:
+    """Cross-validated log-loss of ``strategy`` as :func:`build` delivers it: an ensemble
+    recalibrated on its out-of-fold margins (two parameters on every labelled point)."""
+    if strategy.kind == "ensemble":
+        a, b, _ = fit_head(y, margin, lam_z=CALIBRATION_LAM)
+        margin = a * margin + b
+    return float(_per_sample_loss(y, margin).mean())
 
 
 #: Pull of the calibration slope towards 1 (the ensemble's own scale).
@@ -600,7 +690,10 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
                   seed: int = 0, n_splits: int = 5, n_repeats: int = 2,
                   xy: np.ndarray | None = None, strategies: Sequence[Strategy] | None = None,
                   stages: bool = True, source_table: tuple[Any, np.ndarray] | None = None,
-                  continuous: Sequence[str] = ()) -> tuple[DeliveredModel, Selection]:
+                  continuous: Sequence[str] = (), fit_matrix: Any = None,
+                  fit_families: Sequence[str] = (),
+                  make_fit: Callable[[str, int], Any] | None = None,
+                  blocks: np.ndarray | None = None) -> tuple[DeliveredModel, Selection]:
     """Choose a strategy by cross-validation on the shots ``(X, y)`` and fit it on all.
 
     Parameters
@@ -620,6 +713,15 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
         The source's design matrix and labels; with ``continuous`` (column names),
         factors whose relation disagrees between source and shots are flagged and
         the pool gains the sources with those factors held at their mean.
+    fit_matrix, fit_families, make_fit
+        Production mode: the same rows as ``lsm fit`` sees them (the target's own
+        factors and normalisation), and the families trained on it as ``lsm fit``
+        trains them (``make_fit(family, seed)``); each is a ``fit(g)`` candidate,
+        delivered when its cross-validated log-loss is below the transfer choice's.
+        The delivered model then takes ``fit_matrix``'s columns.
+    blocks : ndarray of shape (n,), optional
+        Spatial block of each row: the inner folds group whole blocks (production
+        mode: the blocks of the folds that report skill; see :func:`shot_folds`).
 
     Returns
     -------
@@ -641,7 +743,19 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
     if neutral and strategies is None:
         pool += neutral_strategies(neutral_key(neutral), list(target_families))
     shots = make_batch(sources, X, neutral=neutral)
-    sel = select_strategy(pool, shots, y, ctx, n_splits=n_splits, n_repeats=n_repeats, xy=xy)
+    if fit_matrix is not None and fit_families:
+        if len(fit_matrix) != len(y):
+            raise ValueError(f"fit_matrix has {len(fit_matrix)} rows for {len(y)} labels")
+        shots.F = fit_matrix
+        pool += fit_strategies(fit_families)
+        ctx.make_fit = make_fit
+    sel = select_strategy(pool, shots, y, ctx, n_splits=n_splits, n_repeats=n_repeats, xy=xy,
+                          blocks=blocks)
     sel.relations = relations
     sel.neutral = neutral
+    if sel.chosen.kind == FIT:  # the delivered model takes the fit's own columns
+        F = shots.F
+        shots = Batch(F, np.nan_to_num(np.asarray(F, dtype=np.float64)), {})
+        ctx.n_features = shots.Xa.shape[1]
+        ctx.feature_names = list(F.columns) if hasattr(F, "columns") else None
     return build(sel.chosen, shots, y, ctx, sel), sel

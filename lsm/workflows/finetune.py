@@ -66,6 +66,14 @@ DELIVERED_HOW = (
     "family that ranks the shots best; target_only = the family with the lowest "
     "cross-validated log-loss on the shots.")
 
+#: What production mode adds to the candidates (metrics["delivered"]["how"]).
+PRODUCTION_HOW = (
+    " With every label (--shots all) the families trained as 'lsm fit' trains them on the "
+    "target alone (its own factors and normalisation, default parameters) are candidates "
+    "too: scored on the same inner folds, the plain fit with the lowest cross-validated "
+    "log-loss is delivered when that is below the transfer choice's (recalibrated as "
+    "delivered); the outer folds, the ones 'lsm fit' reports, only measure skill.")
+
 
 def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
     """Factors both regions share (same name and kind), and warnings for dropped ones.
@@ -248,13 +256,20 @@ def _make_target(device: str) -> Any:
     return make
 
 
-def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int) -> tuple[Any, Any]:
-    """The delivered model from the rows ``idx`` alone (shots, or all labelled points)."""
+def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int,
+             fit: _PlainFit | None = None) -> tuple[Any, Any]:
+    """The delivered model from the rows ``idx`` alone (shots, or all labelled points);
+    with ``fit`` (production), the plain fits on the target alone are candidates too."""
+    extra: dict[str, Any] = {}
+    if fit is not None:
+        extra = {"fit_matrix": fit.X.iloc[idx], "fit_families": fit.families,
+                 "make_fit": lambda fam, sd: make_model(fam, seed=sd, device=cfg.device),
+                 "blocks": None if fit.blocks is None else fit.blocks[idx]}
     return fit_delivered(s.models, s.X.iloc[idx], s.y[idx], make_target=_make_target(cfg.device),
                          target_families=target_candidates(s.families),
                          seed=seed, n_repeats=1,
                          source_table=s.source_table, continuous=s.continuous,
-                         xy=None if s.xy is None else s.xy[idx])
+                         xy=None if s.xy is None else s.xy[idx], **extra)
 
 
 def _holdout(cfg: FinetuneConfig, target: RegionData) -> tuple[np.ndarray, str]:
@@ -403,12 +418,20 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
                             f"least 2 landslides and 2 non-landslides; the region has "
                             f"{n_pos} and {n - n_pos}")
     n_folds = int(min(cfg.cv_folds, n_pos, n - n_pos))
-    if s.xy is not None:
-        fold = spatial_folds(s.xy[:, 0], s.xy[:, 1], n_folds=n_folds, seed=cfg.seed)
-        how = f"{n_folds}-fold spatial block cross-validation"
+    # the outer folds are those 'lsm fit' cross-validates on (the spec's 'folds': block
+    # size and seed), so the delivered model and the plain fit are scored on the same ones
+    fs = s.tspec.folds
+    if n_folds == fs.n_folds and "fold" in s.target.table:
+        fold = s.target.table["fold"].to_numpy()
+    elif s.xy is not None:
+        fold = spatial_folds(s.xy[:, 0], s.xy[:, 1], n_folds=n_folds,
+                             block_size=fs.block_size, seed=fs.seed)
     else:
-        fold = random_folds(n, n_folds=n_folds, seed=cfg.seed)
-        how = f"{n_folds}-fold random cross-validation (no coordinates)"
+        fold = random_folds(n, n_folds=n_folds, seed=fs.seed)
+    how = (f"{n_folds}-fold spatial block cross-validation" if s.xy is not None else
+           f"{n_folds}-fold random cross-validation (no coordinates)")
+    fit = _plain_fit_setup(s)
+    fit_cv = _plain_fit_cv(cfg, s, fit, fold)
     prev = float(s.y.mean())
     per_fold: dict[str, dict[str, list[dict[str, float]]]] = {
         f: {"source_only": []} for f in s.families}
@@ -423,9 +446,9 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
                 s.notes.append(f"cross-validation fold {k + 1} holds one class only: skipped")
                 bar.advance()
                 continue
-            model, sel = _deliver(cfg, s, tr, cfg.seed + k)
+            model, sel = _deliver(cfg, s, tr, cfg.seed + k, fit=fit)
             Xv, yv = s.X.iloc[va], s.y[va]
-            oof[va] = model.predict_proba(Xv)[:, 1]
+            oof[va] = model.predict_proba(fit.X.iloc[va] if _is_fit(sel) else Xv)[:, 1]
             per_fold[CHOSEN]["delivered"].append(binary_metrics(yv, oof[va]))
             for f in s.families:
                 p = prior_shift(s.models[f].predict_proba(Xv)[:, 1], s.src_prev, prev)
@@ -438,10 +461,16 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
                                 f"{n_folds} cross-validation folds hold both classes; too few "
                                 "labelled points to estimate skill")
         bar.describe("delivered model on all labelled points")
-        model, sel = _deliver(cfg, s, np.arange(n), cfg.seed)
+        model, sel = _deliver(cfg, s, np.arange(n), cfg.seed, fit=fit)
         _flag_relations(s, sel.relations, "every labelled point")
         bar.advance()
     model = _rebase(model, prev)
+    delivered_cv = summarize(per_fold[CHOSEN]["delivered"])
+    production = _transfer_vs_fit(fit_cv, delivered_cv, sel, choices, how)
+    X_delivered = s.X
+    if _is_fit(sel):  # the map model is the plain fit: the run takes its factors and norm
+        s.schema, s.norm, s.factors, X_delivered = fit.schema, fit.norm, fit.schema.factors, fit.X
+        s.notes.append(production["message"])
     metrics: dict[str, Any] = {
         "mode": "production", "source_run": str(s.run.path), "source_region": s.run.region,
         "target": s.tspec.name, "shots": "all", "n": int(n), "n_landslides": n_pos,
@@ -453,18 +482,94 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
                                                                     choices]),
                       "map_model": {"trained_on": "every labelled target point", "n": int(n),
                                     "n_landslides": n_pos, **sel.to_dict()},
-                      "how": DELIVERED_HOW,
+                      "how": DELIVERED_HOW + PRODUCTION_HOW,
                       "skill": f"{how} of the whole procedure (selection included): each fold's "
                                "model was chosen and trained without that fold"},
         "factor_relations": s.relations,
+        "production": production,
     }
     metrics["_shots_r0"] = np.arange(n)
     done = np.isfinite(oof)
     metrics["_test_predictions"] = (
         pd.DataFrame({"label": s.y[done], "delivered (nested CV)": oof[done]}),
         f"{how}: each point scored by the delivered procedure run without its fold")
-    metrics["_delivered_fit"] = (s.X, s.y, sel, prev)
+    metrics["_delivered_fit"] = (X_delivered, s.y, sel, prev)
     return metrics, {DELIVERED: model}
+
+
+@dataclass
+class _PlainFit:
+    """The target's labelled points as ``lsm fit`` sees them, and the families it trains."""
+
+    schema: Any
+    norm: str
+    X: Any
+    families: list[str]
+    blocks: np.ndarray | None = None  # spatial block of each row, as the outer folds'
+
+
+def _plain_fit_setup(s: _Setup) -> _PlainFit:
+    """``lsm fit --source <target>``'s design matrix: the target's own factors (less those
+    its spec excludes from transfer) and 'lsm fit''s default normalisation."""
+    from lsm.config.run import FitConfig
+    from lsm.sampling.folds import block_ids, default_block_size
+    from lsm.stack.features import FeatureSchema
+    from lsm.workflows.fit import train_matrix
+
+    norm = str(FitConfig.model_fields["norm"].default)
+    factors = [f for f in s.tspec.transfer_factor_names if f in s.target.kinds]
+    schema = FeatureSchema.from_table(s.target.table, s.target.kinds, factors)
+    blocks = None
+    if s.xy is not None:  # the inner folds group the same blocks as the outer ones
+        x, y = s.xy[:, 0], s.xy[:, 1]
+        blocks = block_ids(x, y, s.tspec.folds.block_size or default_block_size(x, y))
+    return _PlainFit(schema, norm, train_matrix(s.target, schema, norm),
+                     target_candidates(s.families), blocks)
+
+
+def _plain_fit_cv(cfg: FinetuneConfig, s: _Setup, fit: _PlainFit,
+                  fold: np.ndarray) -> dict[str, Any]:
+    """Each family's plain fit, cross-validated as 'lsm fit' does, on the outer folds."""
+    from lsm.evaluate.cv import cross_validate
+
+    out = {}
+    for fam in fit.families:
+        res = cross_validate(lambda fam=fam: make_model(fam, seed=cfg.seed, device=cfg.device),
+                             fit.X, s.y, fold)
+        out[fam] = res["summary"]
+    return out
+
+
+def _is_fit(sel: Any) -> bool:
+    from lsm.transfer.select import FIT
+
+    return sel.chosen.kind == FIT
+
+
+def _transfer_vs_fit(fit_cv: dict[str, Any], delivered: dict[str, Any], sel: Any,
+                     choices: list[dict[str, Any]], how: str) -> dict[str, Any]:
+    """metrics["production"]: the plain fit on the target alone beside the delivered model,
+    both on the same outer folds, and what the map model is."""
+    best = min(fit_cv, key=lambda f: fit_cv[f]["log_loss"]["mean"]) if fit_cv else None
+    is_fit = _is_fit(sel)
+    if is_fit:
+        message = (f"the delivered model is the plain fit {sel.chosen.name} on the target alone "
+                   "(the target's own factors and normalisation, as 'lsm fit' trains it): "
+                   "in cross-validation on the labelled points it beat the transfer "
+                   f"({sel.versus.get('transfer', '?')}) in log-loss")
+    else:
+        message = (f"the delivered model is the transfer {sel.chosen.name}: in "
+                   "cross-validation on the labelled points its log-loss was at most that of "
+                   f"the plain fit on the target alone ({sel.versus.get('fit', '?')})")
+    table = [{"model": f"fit({f}) on the target alone", "cv": fit_cv[f]} for f in fit_cv]
+    table.append({"model": "delivered (nested CV)", "cv": delivered})
+    return {"fit_cv": {**fit_cv, "best": best}, "delivered_cv": delivered,
+            "delivered_is_fit": is_fit, "map_model": sel.chosen.name,
+            "chosen_per_fold": [c["chosen"] for c in choices], "folds": how,
+            "table": table, "message": message,
+            "chose_it": "cross-validation inside the training part of each outer fold (and, "
+                        "for the map model, on every labelled point); the outer folds only "
+                        "report skill"}
 
 
 def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
@@ -603,3 +708,39 @@ def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str,
                 X, y, sample_weight=w)
             bar.advance()
     return out
+
+
+def transfer_vs_fit_lines(metrics: dict[str, Any]) -> list[str]:
+    """The report's table "transfer vs fit on the target alone" (production runs)."""
+    prod = metrics.get("production")
+    if not prod:
+        return []
+    L = ["", "### Transfer vs fit on the target alone", "",
+         f"Both on the same outer folds ({prod['folds']}, the folds `lsm fit` on the target "
+         "uses); mean ± std over folds. The plain fit is each family as `lsm fit` trains it "
+         "on the target alone (its own factors and normalisation); the delivered model is "
+         "the whole procedure, its choice included, run without each fold.", "",
+         "| model | AUC | log-loss |", "|---|---|---|"]
+    for row in prod["table"]:
+        cv = row["cv"]
+        L.append(f"| {row['model']} | {cv['auc']['mean']:.3f} ± {cv['auc']['std']:.3f} | "
+                 f"{cv['log_loss']['mean']:.3f} ± {cv['log_loss']['std']:.3f} |")
+    L += ["", f"Map model: {prod['message']}. Chosen by {prod['chose_it']}."]
+    return L
+
+
+def print_transfer_vs_fit(metrics: dict[str, Any], console: Any) -> None:
+    """The same table on the console."""
+    prod = metrics.get("production")
+    if not prod:
+        return
+    from rich.table import Table
+
+    t = Table("model", "AUC", "log-loss",
+              title=f"transfer vs fit on the target alone ({prod['folds']})")
+    for row in prod["table"]:
+        cv = row["cv"]
+        t.add_row(row["model"], f"{cv['auc']['mean']:.3f} ± {cv['auc']['std']:.3f}",
+                  f"{cv['log_loss']['mean']:.3f} ± {cv['log_loss']['std']:.3f}")
+    console.print(t)
+    console.print(f"map model: {prod['message']}", soft_wrap=True, markup=False)

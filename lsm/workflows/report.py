@@ -117,6 +117,9 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
             row += [cell("brier"), cell("accuracy")]
             t.add_row(*row, end_section=arm == names[-1])
     console.print(t)
+    from lsm.workflows.finetune import print_transfer_vs_fit
+
+    print_transfer_vs_fit(metrics, console)
     delivered = metrics.get("delivered", {})
     for key, d in metrics.get("paired", {}).items():
         if not key.startswith("lsm:"):

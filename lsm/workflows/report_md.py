@@ -188,6 +188,9 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
                      "`source_only` and `target_only` are the baselines a user would pick "
                      "without the test set (family chosen on the shots).")
         L += _delivered_section(metrics)
+        from lsm.workflows.finetune import transfer_vs_fit_lines
+
+        L += transfer_vs_fit_lines(metrics)
     L.append("")
     figs = outputs.get("figures", {})
     for key, title in (("roc", "ROC curves"), ("reliability", "Calibration"),
