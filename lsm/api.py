@@ -283,6 +283,9 @@ class Run(_RunFolder):
         data = region if isinstance(region, RegionData) else load_region(
             region, factors=self.factors)
         from lsm.workflows.predict import region_stats_for
+        from lsm.workflows.region_record import check_region
+
+        check_region(self, data.spec)  # a region name the run was trained in: same data
 
         return data.spec, region_stats_for(self, data.spec, data.stats)
 

@@ -186,7 +186,7 @@ class DeliveredModel(LsmClassifier):
         head = read_json(directory / HEAD)
         n = self.n_features_in_
         try:
-            members = {name: get_family(str(fam)).load(directory / MEMBERS / name)
+            members = {name: get_family(str(fam)).load(_member_dir(directory, name))
                        for name, fam in head["members"].items()}
             x_coef = head.get("x_coef")
             if int(head["n_features_in"]) != n:
@@ -221,3 +221,23 @@ class DeliveredModel(LsmClassifier):
         return {**meta, "params": {"strategy": str(head.get("strategy", ""))},
                 "classes": [0, 1], "n_features_in": head.get("n_features_in"),
                 "feature_names_in": head.get("feature_names_in")}
+
+
+def _member_dir(directory: Path, name: object) -> Path:
+    """``members/<name>/`` of a delivered model folder, for a name from ``head.json``.
+
+    The name must be one plain folder name inside ``members/`` (no ``..``, ``/``, absolute
+    path or symlink leading out), and the member's own manifest must be listed in the
+    folder's manifest: a member is part of the verified model, never a folder elsewhere.
+    """
+    from lsm.io.artifacts import MANIFEST, manifest_entries
+    from lsm.io.paths import inside
+
+    if not isinstance(name, str) or "/" in name:
+        raise ArtifactError(f"{directory / HEAD}: member name {name!r} must be one folder "
+                            f"name inside {MEMBERS}/")
+    path = inside(directory, f"{MEMBERS}/{name}", what=f"{HEAD} member")
+    if f"{MEMBERS}/{name}/{MANIFEST}" not in manifest_entries(directory / MANIFEST):
+        raise ArtifactError(f"{directory / HEAD}: member {name!r} is not covered by "
+                            f"{directory / MANIFEST}; refusing to load it")
+    return path

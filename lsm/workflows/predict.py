@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lsm.config.spec import RegionSpec, load_region
+from lsm.config.spec import RegionSpec
 from lsm.errors import FactorMismatchError, SpecError
 from lsm.io.artifacts import read_json, write_json
 from lsm.stack.clean import name_categories
 from lsm.stack.features import design_matrix
 from lsm.transfer.prior import prior_shift
+from lsm.workflows.region_record import region_for_run
 from lsm.workflows.runs import Run
 
 
@@ -55,7 +56,8 @@ def make_predict_fn(run: Run, family: str, spec: RegionSpec, region_stats: dict[
 def predict_maps(run: Run, *, region: str | None = None, family: str | None = None,
                  out: Path | None = None, thresholds: list[float] | None = None,
                  prevalence: float | None = None, uncertainty: int | None = None,
-                 progress: bool = True, force_zones: bool = False) -> dict[str, Any]:
+                 progress: bool = True, force_zones: bool = False,
+                 spec: RegionSpec | None = None) -> dict[str, Any]:
     """Write probability COG, zones GeoTIFF, quick-looks and zone statistics.
 
     The zones are withheld (with a warning) when the run's fine-tune found no skill
@@ -63,6 +65,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
 
     ``uncertainty``: bootstrap refits behind the uncertainty COG written beside the
     probabilities (0: none; None: :func:`lsm.workflows.uncertainty.default_replicates`).
+    ``region`` (a name or spec path) or ``spec`` (already checked) is the region to map;
+    default the run's own (:func:`lsm.workflows.region_record.region_for_run`).
     Returns a dict with the written paths and the zone table.
     """
     from lsm.io.raster_write import write_probability_cog, write_zones_geotiff
@@ -70,7 +74,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     from lsm.mapping.quicklook import quicklook_png
     from lsm.mapping.zones import ZONE_COLORS, ZONE_NAMES, classify_zones, zone_statistics
 
-    spec = load_region(region) if region else _run_spec(run)
+    spec = spec or region_for_run(run, region)
     if spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a table region; "
                         "maps need a raster region")
@@ -145,9 +149,7 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
     p_all = p_all[np.isfinite(p_all)]
     rows, cols = landslides["row"].to_numpy(), landslides["col"].to_numpy()
     p_ls = prob.isel(y=xr.DataArray(rows, dims="pt"), x=xr.DataArray(cols, dims="pt")).values
-    seen = np.zeros(len(rows), dtype=bool)
-    if spec.name == run.region:
-        seen = _seen_landslides(run, family, rows, cols)
+    seen = _seen_landslides(run, family, spec, rows, cols)
     ok = np.isfinite(p_ls)
     success = success_rate_curve(p_ls[seen & ok], p_all) if (seen & ok).any() else None
     prediction = (prediction_rate_curve(p_ls[~seen & ok], p_all)
@@ -185,18 +187,28 @@ def _model_on_region(run: Run, family: str | None, spec: RegionSpec, *,
                                                 prevalence=prevalence)
 
 
-def _seen_landslides(run: Run, family: str, rows: np.ndarray, cols: np.ndarray
-                     ) -> np.ndarray:
-    """Which landslide pixels (``rows``, ``cols``) the mapped model was trained on.
+def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
+                     cols: np.ndarray) -> np.ndarray:
+    """Which landslide pixels (``rows``, ``cols``) of ``spec``'s region the mapped model
+    was trained on.
 
-    A fine-tune's delivered map model is re-fitted on every labelled point outside the
-    hold-out (every point with ``--shots all``); the other models on the rows of
-    ``training_table.parquet`` (a fit's points, repeat 1's shots).
+    Only in a region the run was trained in (:func:`region_identity`). A fine-tune's
+    delivered map model is re-fitted on every labelled point outside the hold-out (every
+    point with ``--shots all``); the other models on the rows of
+    ``training_table.parquet`` (a fit's points, repeat 1's shots; a pooled fit's rows of
+    that region). In a source region of a fine-tune every landslide counts as seen: the
+    source models were trained on all of them.
     """
     from lsm.workflows.extras import checked_file
     from lsm.workflows.finetune import PIXEL_COLUMNS
+    from lsm.workflows.region_record import region_identity
 
     pixels = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    name = region_identity(run, spec)
+    if name is None:
+        return np.zeros(len(pixels), dtype=bool)
+    if run.meta.get("kind") == "finetune" and name != run.region:
+        return np.ones(len(pixels), dtype=bool)
     if run.meta.get("kind") == "finetune" and family == run.meta.get("delivered"):
         if run.meta.get("shots") == "all":
             return np.ones(len(pixels), dtype=bool)
@@ -209,20 +221,13 @@ def _seen_landslides(run: Run, family: str, rows: np.ndarray, cols: np.ndarray
                       "landslide as unseen", UserWarning, stacklevel=3)
         return np.zeros(len(pixels), dtype=bool)
     tt = run.training_table()
+    if "region" in tt.columns:  # a pooled run: the rows of the mapped region only
+        tt = tt[tt["region"] == name]
     if not {"row", "col"} <= set(tt.columns):
         return np.zeros(len(pixels), dtype=bool)
-    pos = tt["label"] == 1
+    pos = (tt["label"] == 1) & tt["row"].notna() & tt["col"].notna()
     train = set(zip(tt.loc[pos, "row"].tolist(), tt.loc[pos, "col"].tolist(), strict=True))
     return np.array([px in train for px in pixels], dtype=bool)
-
-
-def _run_spec(run: Run) -> RegionSpec:
-    """The region a run was trained in, from the spec file it recorded."""
-    spec_file = run.meta.get("spec_file")
-    try:
-        return load_region(spec_file)
-    except SpecError:
-        return load_region(run.region)
 
 
 def _best_family(run: Run) -> str:
@@ -271,12 +276,12 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
     # into one --out); a run read from read-only storage is fine with --out elsewhere
     inside = out is None or Path(out).resolve().is_relative_to(run.path.resolve())
     claim_run_dir(run.path if inside else Path(out))
-    spec = load_region(region) if region else _run_spec(run)
+    spec = region_for_run(run, region)
     kw = dict(family=family, out=out, thresholds=thresholds, prevalence=prevalence,
               uncertainty=uncertainty, progress=progress, force_zones=force_zones)
     if spec.is_table:
         return predict_units(run, spec=spec, **kw)
-    return predict_maps(run, region=region, **kw)
+    return predict_maps(run, spec=spec, **kw)
 
 
 def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
@@ -341,7 +346,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
 
     from lsm.mapping.zones import ZONE_NAMES, classify_zones
 
-    spec = spec or (load_region(region) if region else _run_spec(run))
+    spec = spec or region_for_run(run, region)
     if not spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a raster region; "
                         "use predict_maps")

@@ -41,6 +41,7 @@ from lsm.io.artifacts import (
     write_json,
     write_manifest,
 )
+from lsm.io.paths import inside
 from lsm.stack.features import FeatureSchema
 
 MODEL_JSON = "model.json"
@@ -123,12 +124,16 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
     if missing:
         raise ArtifactError(f"{path}: run has no model(s) {missing} (it has {', '.join(have)})")
     # each folder names its own family (a generic transfer stage is a delivered model)
-    models = {f: load_model(path / "model" / f) for f in wanted}
+    models = {f: load_model(inside(path, f"model/{f}", what=f"{MODEL_JSON} families"))
+              for f in wanted}
     return Run(path, meta, models)
 
 
 #: Files of a run that its manifest must cover (besides every file under ``model/``).
 RUN_FILES = (MODEL_JSON, "metrics.json")
+#: Folders whose every file the run manifest covers: the run's models and the source
+#: models a fine-tune keeps (so that it never reads its source run again).
+MODEL_DIRS = ("model", "source_model")
 _STAGING = ".staging-"
 _OLD = ".replaced-"
 _LOCK = ".lsm.lock"
@@ -136,9 +141,9 @@ _LOCK = ".lsm.lock"
 
 def _run_files(path: Path) -> list[Path]:
     files = [path / f for f in (*RUN_FILES, "training_table.parquet") if (path / f).exists()]
-    model = path / "model"
-    if model.is_dir():
-        files += [p for p in sorted(model.rglob("*")) if p.is_file()]
+    for sub in MODEL_DIRS:
+        if (path / sub).is_dir():
+            files += [p for p in sorted((path / sub).rglob("*")) if p.is_file()]
     return files
 
 
@@ -166,7 +171,11 @@ def verify_run(path: Path) -> None:
         raise ArtifactError(f"{man}: lists no model files; refusing the run")
     check_entries(path, entries, changed="changed after the run was written")
     listed = set(entries)
-    extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed]
+    # runs of older lsm wrote source_model/ after their manifest: not part of the run then
+    # (lsm.workflows.extras.kept_source_models reads it only when the manifest covers it)
+    legacy = not any(k.startswith(f"{MODEL_DIRS[1]}/") for k in entries)
+    extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed
+             and not (legacy and p.relative_to(path).parts[0] == MODEL_DIRS[1])]
     if extra:
         raise ArtifactError(f"{extra[0]}: not part of the run written in {path} (unlisted "
                             f"in {MANIFEST}); refusing to load it")
@@ -285,19 +294,25 @@ def clean_stale(path: Path) -> list[Path]:
 
 
 def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
-              metrics: dict[str, Any], meta: dict[str, Any]) -> Path:
+              metrics: dict[str, Any], meta: dict[str, Any],
+              source_models: dict[str, Any] | None = None) -> Path:
     """Write a whole run (models, training table, metrics, ``model.json``, manifest).
 
     Everything goes to a staging folder inside ``path`` first; the manifest is written
     last; then the previous run's files move aside and the new ones into place, and the
     previous ones are deleted. A kill at any point leaves either the previous run, or a
     folder that :func:`load_run` refuses with a one-line error: never a mix that loads.
+
+    ``source_models`` (a fine-tune's): saved under ``source_model/<family>/``, covered by
+    the manifest like the run's own models.
     """
     path = claim_run_dir(path)
     stage = path / f"{_STAGING}{os.getpid()}-{time.monotonic_ns()}"
     stage.mkdir()
     try:
         save_models(stage, models)
+        if source_models:
+            save_models(stage, source_models, folder=MODEL_DIRS[1])
         table.to_parquet(stage / "training_table.parquet")
         write_json(stage / "metrics.json", metrics)
         write_run_meta(stage, meta)
@@ -318,7 +333,7 @@ def _commit(stage: Path, path: Path) -> None:
     old.mkdir()
     # the old manifest goes first: from here until the new one lands the run is refused
     names = [MANIFEST] + sorted(n.name for n in stage.iterdir() if n.name != MANIFEST) + \
-        ["maps", "figures", "report.md", "report.html", "outputs.json"]
+        ["maps", "figures", "report.md", "report.html", "outputs.json", MODEL_DIRS[1]]
     for name in dict.fromkeys(names):
         if (path / name).exists():
             os.replace(path / name, old / name)
@@ -327,9 +342,9 @@ def _commit(stage: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_models(path: Path, models: dict[str, Any]) -> None:
+def save_models(path: Path, models: dict[str, Any], *, folder: str = "model") -> None:
     for fam, model in models.items():
-        d = Path(path) / "model" / fam
+        d = Path(path) / folder / fam
         d.mkdir(parents=True, exist_ok=True)
         model.save(d)
 
