@@ -171,9 +171,7 @@ def write_manifest(directory: Path, files: list[Path] | None = None) -> Path:
     """Record the sha256 of ``files`` (default: every file in ``directory``)."""
     directory = Path(directory)
     if files is None:
-        # a nested folder's manifest (a delivered model's members) is covered like any file
-        files = [p for p in sorted(directory.rglob("*"))
-                 if p.is_file() and p != directory / MANIFEST]
+        files = [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST]
     entries = {str(Path(p).relative_to(directory)): sha256_file(Path(p)) for p in files}
     return write_json(directory / MANIFEST, {"files": entries})
 
