@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes, read_json, write_json
-from lsm.models.base import LsmClassifier, get_family, register
+from lsm.models.base import META, LsmClassifier, get_family, register
 
 #: Member probabilities are clipped to [eps, 1 - eps] before the logit: a forest's
 #: unanimous 0 or 1 would otherwise dominate any combination (|logit| <= 6.9).
@@ -237,7 +237,7 @@ def _member_dir(directory: Path, name: object) -> Path:
         raise ArtifactError(f"{directory / HEAD}: member name {name!r} must be one folder "
                             f"name inside {MEMBERS}/")
     path = inside(directory, f"{MEMBERS}/{name}", what=f"{HEAD} member")
-    if f"{MEMBERS}/{name}/{MANIFEST}" not in manifest_entries(directory / MANIFEST):
+    if f"{MEMBERS}/{name}/{META}" not in manifest_entries(directory / MANIFEST):
         raise ArtifactError(f"{directory / HEAD}: member {name!r} is not covered by "
                             f"{directory / MANIFEST}; refusing to load it")
     return path
