@@ -45,7 +45,7 @@ from lsm.transfer.select import fit_delivered, target_candidates
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
-from lsm.workflows.region_record import RECORD, record_region, records
+from lsm.workflows.region_record import RECORD, record_region, records, trained_names
 from lsm.workflows.runs import Run, claim_run_dir, load_run, write_run
 from lsm.workflows.verdict import skill_check, verdicts
 
@@ -489,6 +489,8 @@ def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
         # the target's record, and those of the source run's regions (its chain)
         RECORD: {**records(s.run), s.tspec.name: record_region(s.tspec,
                                                                progress=cfg.progress)},
+        # every region the source models were trained on (their landslides: "seen")
+        "source_regions": trained_names(s.run),
         **extras.meta,
     }, source_models=extras.source_models)
     extras.write(s.out)

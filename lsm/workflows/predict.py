@@ -196,8 +196,8 @@ def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
     delivered map model is re-fitted on every labelled point outside the hold-out (every
     point with ``--shots all``); the other models on the rows of
     ``training_table.parquet`` (a fit's points, repeat 1's shots; a pooled fit's rows of
-    that region). In a source region of a fine-tune every landslide counts as seen: the
-    source models were trained on all of them.
+    that region). In a source region of a fine-tune (its target too, when a pooled source
+    had it) every landslide counts as seen: the source models were trained on all of them.
     """
     from lsm.workflows.extras import checked_file
     from lsm.workflows.finetune import PIXEL_COLUMNS
@@ -207,7 +207,8 @@ def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
     name = region_identity(run, spec)
     if name is None:
         return np.zeros(len(pixels), dtype=bool)
-    if run.meta.get("kind") == "finetune" and name != run.region:
+    if run.meta.get("kind") == "finetune" and (
+            name != run.region or name in (run.meta.get("source_regions") or [])):
         return np.ones(len(pixels), dtype=bool)
     if run.meta.get("kind") == "finetune" and family == run.meta.get("delivered"):
         if run.meta.get("shots") == "all":

@@ -102,7 +102,8 @@ def trained_names(run: Run) -> list[str]:
     """Names of the regions whose data the run's models were trained on (its own, each
     pooled source, and the regions of the fine-tune chain the run has records of)."""
     names = list(records(run))
-    for n in [run.region, *(run.meta.get("regions") or [])]:
+    for n in [run.region, *(run.meta.get("regions") or []),
+              *(run.meta.get("source_regions") or [])]:
         if n not in names:
             names.append(str(n))
     return names
@@ -184,10 +185,10 @@ def check_region(run: Run, spec: RegionSpec) -> None:
     if spec.name not in trained_names(run):
         return
     rec = records(run).get(spec.name)
-    if rec is None:  # a run without records: only its own stored spec text can tell
+    if rec is None:  # no record (an older lsm): only the run's own stored spec can tell
         from lsm.config.spec import dump_region
 
-        if spec.name == run.region and dump_region(spec) == run.meta.get("spec"):
+        if spec.name != run.region or dump_region(spec) == run.meta.get("spec"):
             return
         raise SpecError(f"{spec.source_file or spec.name}: region {spec.name!r} is a region "
                         f"run {run.path} was trained in, but this spec differs from the one "
