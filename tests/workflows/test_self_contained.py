@@ -345,3 +345,53 @@ def test_run_entries_that_lead_outside_are_refused(world: dict[str, Any],
     with pytest.raises(ArtifactError, match="outside"):
         load_run(run)
     load_run(base)  # the untouched copy loads
+
+
+# ---------------------------------------------------------------------------
+# the mechanism: one helper resolves every stored name
+
+
+def test_inside_never_returns_a_path_outside_its_folder(tmp_path: Path) -> None:
+    """Random stored names (plain, '..', '.', empty parts, absolute, links in and out):
+    :func:`inside` returns a path that resolves inside the folder, or refuses."""
+    from lsm.io.paths import inside
+
+    root = tmp_path / "run"
+    (root / "model" / "lr").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "out-link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "in-link").symlink_to(root / "model", target_is_directory=True)
+    parts = ["model", "lr", "..", ".", "", "out-link", "in-link", "x", str(tmp_path), "\\"]
+    rng = random.Random(8)
+    refused = 0
+    for _ in range(400):
+        rel = "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+        try:
+            p = inside(root, rel)
+        except ArtifactError as err:
+            refused += 1
+            assert "\n" not in str(err)
+            continue
+        assert p.resolve().is_relative_to(root.resolve()), rel
+    assert 0 < refused < 400
+    assert inside(root, "in-link/lr") == root / "in-link" / "lr"
+
+
+def test_a_finetune_counts_landslides_its_sources_trained_on_as_seen(
+        demo_dir: Path, tmp_path: Path) -> None:
+    """A fine-tune mapped over a region its (pooled) source was trained on, its own target
+    included: every landslide there was seen by the source models."""
+    from lsm.config.spec import load_region
+    from lsm.workflows.predict import _seen_landslides
+    from lsm.workflows.runs import Run
+
+    spec = load_region(demo_dir / "demo-target.yaml")
+    rows, cols = np.arange(5), np.arange(5)
+    meta = {"kind": "finetune", "region": "demo-target", "delivered": "delivered",
+            "chain": ["demo-source+demo-target", "demo-target"],
+            "source_regions": ["demo-source", "demo-target"], "shots": "all"}
+    for family in ("delivered", "lr"):
+        assert _seen_landslides(Run(tmp_path, meta, {}), family, spec, rows, cols).all()
+    # a region the run never saw: nothing is seen
+    other = load_region(demo_dir / "demo-source.yaml").model_copy(update={"name": "other"})
+    assert not _seen_landslides(Run(tmp_path, meta, {}), "lr", other, rows, cols).any()
