@@ -623,7 +623,7 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
 
     Writes importance bars and beeswarms per family under ``<run>/figures``;
     for a fine-tune run also the source-vs-fine-tuned importance shift
-    (against the re-pretrained source models when the run re-pretrained them).
+    (against the copies of its source models the run keeps in source_model/).
 
     Parameters
     ----------

@@ -5,9 +5,14 @@ Layout of a run folder::
     model.json            feature schema, normalisation + statistics, seed, versions,
                           data checksums, the chain of regions
     model/<family>/       one artifact folder per model family (with manifest.json)
+    source_model/<family>/  a fine-tune's copies of the source models it started from
     metrics.json          cross-validation (fit) or four-arm comparison (finetune)
     training_table.parquet
     manifest.json         sha256 of all of the above: written last, checked on load
+
+A run reads nothing outside its folder: every name it stores resolves through
+:func:`lsm.io.paths.inside`, and its region is its stored spec with recorded data
+checksums (:mod:`lsm.workflows.region_record`).
     report.md, figures/, maps/   (written by the mapping and report steps)
 
 A run is written into a staging folder inside the run folder and moved into place
