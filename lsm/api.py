@@ -283,6 +283,9 @@ class Run(_RunFolder):
         data = region if isinstance(region, RegionData) else load_region(
             region, factors=self.factors)
         from lsm.workflows.predict import region_stats_for
+        from lsm.workflows.region_record import check_region
+
+        check_region(self, data.spec)  # a region name the run was trained in: same data
 
         return data.spec, region_stats_for(self, data.spec, data.stats)
 
@@ -618,7 +621,7 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
 
     Writes importance bars and beeswarms per family under ``<run>/figures``;
     for a fine-tune run also the source-vs-fine-tuned importance shift
-    (against the re-pretrained source models when the run re-pretrained them).
+    (against the copies of its source models the run keeps in source_model/).
 
     Parameters
     ----------

@@ -248,8 +248,10 @@ def manifest_entries(man: Path) -> dict[str, str]:
 def check_entries(directory: Path, entries: dict[str, str], *, changed: str) -> None:
     """Raise :class:`ArtifactError` unless every listed file exists with its sha256;
     ``changed`` says what a mismatch means ("changed or truncated", ...)."""
+    from lsm.io.paths import inside
+
     for rel, digest in entries.items():
-        p = Path(directory) / rel
+        p = inside(directory, rel, what=MANIFEST)  # an entry never names a file elsewhere
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
         if sha256_file(p) != digest:

@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lsm.errors import ArtifactError
 from lsm.io.artifacts import atomic_write_bytes, read_json, write_json
-from lsm.models.base import LsmClassifier, get_family, register
+from lsm.models.base import META, LsmClassifier, get_family, register
 
 #: Member probabilities are clipped to [eps, 1 - eps] before the logit: a forest's
 #: unanimous 0 or 1 would otherwise dominate any combination (|logit| <= 6.9).
@@ -189,7 +189,7 @@ class DeliveredModel(LsmClassifier):
         check_head(head, directory / HEAD)
         n = self.n_features_in_
         try:
-            members = {name: get_family(str(fam)).load(directory / MEMBERS / name)
+            members = {name: get_family(str(fam)).load(_member_dir(directory, name))
                        for name, fam in head["members"].items()}
             x_coef = head.get("x_coef")
             if int(head["n_features_in"]) != n:
@@ -281,3 +281,23 @@ def check_members(model: DeliveredModel, directory: Path) -> None:
         if unknown:
             raise ArtifactError(f"{directory / HEAD}: neutral.{name}: {unknown[0]!r} is not "
                                 "an input of the model")
+
+
+def _member_dir(directory: Path, name: object) -> Path:
+    """``members/<name>/`` of a delivered model folder, for a name from ``head.json``.
+
+    The name must be one plain folder name inside ``members/`` (no ``..``, ``/``, absolute
+    path or symlink leading out), and the member's own manifest must be listed in the
+    folder's manifest: a member is part of the verified model, never a folder elsewhere.
+    """
+    from lsm.io.artifacts import MANIFEST, manifest_entries
+    from lsm.io.paths import inside
+
+    if not isinstance(name, str) or "/" in name:
+        raise ArtifactError(f"{directory / HEAD}: member name {name!r} must be one folder "
+                            f"name inside {MEMBERS}/")
+    path = inside(directory, f"{MEMBERS}/{name}", what=f"{HEAD} member")
+    if f"{MEMBERS}/{name}/{META}" not in manifest_entries(directory / MANIFEST):
+        raise ArtifactError(f"{directory / HEAD}: member {name!r} is not covered by "
+                            f"{directory / MANIFEST}; refusing to load it")
+    return path

@@ -5,18 +5,20 @@
   cross-validation), for the ROC and reliability figures;
 - ``delivered_rows.parquet``: the design-matrix rows (and labels) the delivered map
   model was trained on, for the uncertainty layer's bootstrap refits;
-- ``source_model/<family>/``: the source models re-pretrained on the shared factors
-  (when the run re-pretrained them), for the SHAP shift figure and the refits.
+- ``source_model/<family>/``: the source models the run started from (re-pretrained on
+  the shared factors when it re-pretrained them), for the SHAP shift figure and the
+  refits. They are saved with the run (:func:`lsm.workflows.runs.write_run`) and covered
+  by its manifest, so that a fine-tune run never reads its source run again.
 
-They are written after the run itself; ``model.json`` records each one's sha256 (a
-model folder's: its ``manifest.json``), and a file that does not match is ignored
-with a warning, so a stale file of an earlier run in the same folder is never used.
+The files are written after the run itself; ``model.json`` records each one's sha256,
+and a file that does not match is ignored with a warning, so a stale file of an earlier
+run in the same folder is never used. Every stored name resolves inside the run
+(:func:`lsm.io.paths.inside`).
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,19 +55,11 @@ class RunExtras:
     source_models: dict[str, Any] = field(default_factory=dict)
 
     def write(self, out: Path) -> None:
-        """Write the files into the run folder ``out`` (after the run itself)."""
+        """Write the files into the run folder ``out`` (after the run itself; the source
+        models go with the run: ``write_run(..., source_models=extras.source_models)``)."""
         out = Path(out)
         for name, data in self.files.items():
             atomic_write_bytes(out / name, data)
-        if self.source_models:
-            from lsm.workflows.runs import save_models
-
-            tmp = out / f".{SOURCE_MODELS}.staging"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_models(tmp, self.source_models)  # writes tmp/model/<family>/
-            shutil.rmtree(out / SOURCE_MODELS, ignore_errors=True)
-            (tmp / "model").rename(out / SOURCE_MODELS)
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def collect(metrics: dict[str, Any], *, source_models: dict[str, Any] | None) -> RunExtras:
@@ -101,7 +95,9 @@ def checked_file(run: Any, key: str) -> Path | None:
     info = run.meta.get(key)
     if not info:
         return None
-    p = run.path / info.get("file", info.get("rows", ""))
+    from lsm.io.paths import inside
+
+    p = inside(run.path, info.get("file", info.get("rows", "")), what=f"model.json {key}")
     if not p.is_file():
         return None
     if sha256_file(p) != info.get("sha256"):
@@ -112,17 +108,28 @@ def checked_file(run: Any, key: str) -> Path | None:
 
 
 def kept_source_models(run: Any) -> dict[str, Any] | None:
-    """The source models a fine-tune run re-pretrained and kept, or None."""
+    """The source models a fine-tune run kept (inside it, covered by its manifest), or
+    None."""
     info = run.meta.get("source_models")
     if not info:
         return None
     from lsm.errors import ArtifactError
+    from lsm.io.artifacts import MANIFEST, manifest_entries
+    from lsm.io.paths import inside
     from lsm.models.base import get_family
 
-    folder = run.path / info["folder"]
     try:
-        return {f: get_family(f).load(folder / f) for f in info["families"]}
-    except (ArtifactError, OSError) as err:
-        warnings.warn(f"{folder}: kept source models not readable ({err})", UserWarning,
+        listed = manifest_entries(run.path / MANIFEST)
+        out = {}
+        for f in info["families"]:
+            rel = f"{info['folder']}/{f}"
+            d = inside(run.path, rel, what="model.json source_models")
+            if f"{rel}/{MANIFEST}" not in listed:
+                raise ArtifactError(f"{d}: not covered by {run.path / MANIFEST} (written by "
+                                    "an older lsm)")
+            out[f] = get_family(f).load(d)
+        return out
+    except (ArtifactError, OSError, KeyError, TypeError) as err:
+        warnings.warn(f"{run.path}: kept source models not readable ({err})", UserWarning,
                       stacklevel=2)
         return None

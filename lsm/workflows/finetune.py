@@ -45,6 +45,7 @@ from lsm.transfer.select import fit_delivered, target_candidates
 from lsm.workflows.fit import make_model
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
+from lsm.workflows.region_record import RECORD, record_region, records, trained_names
 from lsm.workflows.runs import Run, claim_run_dir, load_run, refuse_out_in_run, write_run
 from lsm.workflows.verdict import skill_check, verdicts
 
@@ -577,7 +578,9 @@ def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
     shots_r0 = metrics.pop("_shots_r0")
     from lsm.workflows.extras import collect
 
-    extras = collect(metrics, source_models=s.models if s.retrained else None)
+    # the source models the run started from stay with it (the SHAP shift figure, the
+    # refits of a stage strategy): the run never reads its source run again
+    extras = collect(metrics, source_models=s.models)
     # the table: the rows the saved family models were trained on (repeat 0's shots)
     write_run(s.out, models=models, table=s.target.table.iloc[shots_r0], metrics=metrics,
               meta={
@@ -590,8 +593,13 @@ def _write(cfg: FinetuneConfig, s: _Setup, metrics: dict[str, Any],
         "checksums": s.target.checksums, "source_run": str(s.run.path),
         "delivered": DELIVERED if DELIVERED in models else None,
         "spec": dump_region(s.tspec), "spec_file": str(s.tspec.source_file or s.tspec.name),
+        # the target's record, and those of the source run's regions (its chain)
+        RECORD: {**records(s.run), s.tspec.name: record_region(s.tspec,
+                                                               progress=cfg.progress)},
+        # every region the source models were trained on (their landslides: "seen")
+        "source_regions": trained_names(s.run),
         **extras.meta,
-    }, extras=extras)
+    }, extras=extras, source_models=extras.source_models)
 
 
 def _flag_relations(s: _Setup, relations: dict[str, dict[str, Any]], where: str) -> None:

@@ -19,6 +19,7 @@ from lsm.models.base import get_family
 from lsm.stack.features import FeatureSchema, design_matrix
 from lsm.workflows.progress import progress_bar
 from lsm.workflows.region import RegionData, load_region_data
+from lsm.workflows.region_record import RECORD, record_region
 from lsm.workflows.runs import claim_run_dir, write_run
 
 
@@ -114,6 +115,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         "source_stats": data.stats, "training_prevalence": float(y.mean()), "seed": cfg.seed,
         "split": data.split, "notes": data.notes + weak, "checksums": data.checksums,
         "spec": dump_region(spec), "spec_file": str(spec.source_file or spec.name),
+        RECORD: {spec.name: record_region(spec, progress=cfg.progress)},
     })
     return metrics
 
@@ -276,5 +278,6 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
         "spec": dump_region(specs[0]), "specs": {s.name: dump_region(s) for s in specs},
         "spec_file": str(specs[0].source_file or specs[0].name),
         "spec_files": {s.name: str(s.source_file or s.name) for s in specs},
+        RECORD: {s.name: record_region(s, progress=cfg.progress) for s in specs},
     })
     return metrics

@@ -64,22 +64,19 @@ def map_summary(maps: dict[str, Any]) -> str:
 def source_models(run: Run) -> dict[str, Any] | None:
     """The source models a fine-tune run started from, on the run's own factors.
 
-    The run's kept re-pretrained source models when it re-pretrained them, else the
-    source run's models (None when neither can be read).
+    The copies the run keeps in ``source_model/`` (covered by its manifest); None when it
+    keeps none. The source run named in ``model.json`` is never read: it may have been
+    moved, changed or replaced since, and a path stored relative to the folder the
+    fine-tune ran in would name whatever lies there now.
     """
     from lsm.workflows.extras import kept_source_models
 
     kept = kept_source_models(run)
-    if kept is not None:
-        return kept
-    if run.meta["kind"] != "finetune" or not run.meta.get("source_run"):
-        return None
-    try:
-        return load_run(Path(run.meta["source_run"])).models
-    except Exception as err:  # the source run may have been moved
-        warnings.warn(f"source run {run.meta['source_run']} not readable ({err}); "
-                      "no importance comparison", UserWarning, stacklevel=2)
-        return None
+    if kept is None and run.meta["kind"] == "finetune" and run.meta.get("source_run"):
+        warnings.warn(f"{run.path}: keeps no copy of its source models (written by an older "
+                      "lsm); no source importance comparison (run the fine-tune again)",
+                      UserWarning, stacklevel=2)
+    return kept
 
 
 def _table_and_matrix(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -201,15 +198,15 @@ def shap_maps(run: Run, *, family: str | None = None, region: str | None = None,
     xgb and lr are fast (native TreeSHAP, closed form); SHAP of a random forest
     or the MLP over every pixel is slow: prefer xgb or lr for maps.
     """
-    from lsm.config.spec import load_region
     from lsm.explain.shap_values import explain_model, factor_importance, pixel_contributions
     from lsm.io.raster_write import write_value_cog
     from lsm.mapping.predict import predict_raster
     from lsm.stack.clean import name_categories
-    from lsm.workflows.predict import _best_family, _run_spec, region_stats_for
+    from lsm.workflows.predict import _best_family, region_stats_for
     from lsm.workflows.region import load_region_data
+    from lsm.workflows.region_record import region_for_run
 
-    spec = load_region(region) if region else _run_spec(run)
+    spec = region_for_run(run, region)
     if spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: SHAP maps need a raster region")
     family = family or _best_family(run)

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lsm.config.spec import RegionSpec, load_region
+from lsm.config.spec import RegionSpec
 from lsm.errors import ArtifactError, FactorMismatchError, SpecError
 from lsm.io.artifacts import read_json, write_json
 from lsm.stack.clean import name_categories
 from lsm.stack.features import design_matrix
 from lsm.transfer.prior import prior_shift
+from lsm.workflows.region_record import region_for_run
 from lsm.workflows.runs import Run
 
 
@@ -56,7 +57,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                  out: Path | None = None, thresholds: list[float] | None = None,
                  prevalence: float | None = None, uncertainty: int | None = None,
                  progress: bool = True, force_zones: bool = False,
-                 write_to: Path | None = None) -> dict[str, Any]:
+                 write_to: Path | None = None,
+                 spec: RegionSpec | None = None) -> dict[str, Any]:
     """Write probability COG, zones GeoTIFF, quick-looks and zone statistics.
 
     ``write_to``: the staging folder the files are written into (named in the result as
@@ -67,6 +69,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
 
     ``uncertainty``: bootstrap refits behind the uncertainty COG written beside the
     probabilities (0: none; None: :func:`lsm.workflows.uncertainty.default_replicates`).
+    ``region`` (a name or spec path) or ``spec`` (already checked) is the region to map;
+    default the run's own (:func:`lsm.workflows.region_record.region_for_run`).
     Returns a dict with the written paths and the zone table.
     """
     from lsm.io.raster_write import write_probability_cog, write_zones_geotiff
@@ -74,7 +78,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     from lsm.mapping.quicklook import quicklook_png
     from lsm.mapping.zones import ZONE_COLORS, ZONE_NAMES, classify_zones, zone_statistics
 
-    spec = load_region(region) if region else _run_spec(run)
+    spec = spec or region_for_run(run, region)
     if spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a table region; "
                         "maps need a raster region")
@@ -198,9 +202,7 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
     p_all = p_all[np.isfinite(p_all)]
     rows, cols = landslides["row"].to_numpy(), landslides["col"].to_numpy()
     p_ls = prob.isel(y=xr.DataArray(rows, dims="pt"), x=xr.DataArray(cols, dims="pt")).values
-    seen = np.zeros(len(rows), dtype=bool)
-    if spec.name == run.region:
-        seen = _seen_landslides(run, family, rows, cols)
+    seen = _seen_landslides(run, family, spec, rows, cols)
     ok = np.isfinite(p_ls)
     success = success_rate_curve(p_ls[seen & ok], p_all) if (seen & ok).any() else None
     prediction = (prediction_rate_curve(p_ls[~seen & ok], p_all)
@@ -238,18 +240,29 @@ def _model_on_region(run: Run, family: str | None, spec: RegionSpec, *,
                                                 prevalence=prevalence)
 
 
-def _seen_landslides(run: Run, family: str, rows: np.ndarray, cols: np.ndarray
-                     ) -> np.ndarray:
-    """Which landslide pixels (``rows``, ``cols``) the mapped model was trained on.
+def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
+                     cols: np.ndarray) -> np.ndarray:
+    """Which landslide pixels (``rows``, ``cols``) of ``spec``'s region the mapped model
+    was trained on.
 
-    A fine-tune's delivered map model is re-fitted on every labelled point outside the
-    hold-out (every point with ``--shots all``); the other models on the rows of
-    ``training_table.parquet`` (a fit's points, repeat 1's shots).
+    Only in a region the run was trained in (:func:`region_identity`). A fine-tune's
+    delivered map model is re-fitted on every labelled point outside the hold-out (every
+    point with ``--shots all``); the other models on the rows of
+    ``training_table.parquet`` (a fit's points, repeat 1's shots; a pooled fit's rows of
+    that region). In a source region of a fine-tune (its target too, when a pooled source
+    had it) every landslide counts as seen: the source models were trained on all of them.
     """
     from lsm.workflows.extras import checked_file
     from lsm.workflows.finetune import PIXEL_COLUMNS
+    from lsm.workflows.region_record import region_identity
 
     pixels = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    name = region_identity(run, spec)
+    if name is None:
+        return np.zeros(len(pixels), dtype=bool)
+    if run.meta.get("kind") == "finetune" and (
+            name != run.region or name in (run.meta.get("source_regions") or [])):
+        return np.ones(len(pixels), dtype=bool)
     if run.meta.get("kind") == "finetune" and family == run.meta.get("delivered"):
         if run.meta.get("shots") == "all":
             return np.ones(len(pixels), dtype=bool)
@@ -262,20 +275,13 @@ def _seen_landslides(run: Run, family: str, rows: np.ndarray, cols: np.ndarray
                       "landslide as unseen", UserWarning, stacklevel=3)
         return np.zeros(len(pixels), dtype=bool)
     tt = run.training_table()
+    if "region" in tt.columns:  # a pooled run: the rows of the mapped region only
+        tt = tt[tt["region"] == name]
     if not {"row", "col"} <= set(tt.columns):
         return np.zeros(len(pixels), dtype=bool)
-    pos = tt["label"] == 1
+    pos = (tt["label"] == 1) & tt["row"].notna() & tt["col"].notna()
     train = set(zip(tt.loc[pos, "row"].tolist(), tt.loc[pos, "col"].tolist(), strict=True))
     return np.array([px in train for px in pixels], dtype=bool)
-
-
-def _run_spec(run: Run) -> RegionSpec:
-    """The region a run was trained in, from the spec file it recorded."""
-    spec_file = run.meta.get("spec_file")
-    try:
-        return load_region(spec_file)
-    except SpecError:
-        return load_region(run.region)
 
 
 def _best_family(run: Run) -> str:
@@ -342,7 +348,7 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
     inside = out is None or Path(out).resolve().is_relative_to(run.path.resolve())
     root = claim_run_dir(run.path) if inside else claim_run_dir(Path(out), kind="maps")
     final = Path(out or run.path / "maps")
-    spec = load_region(region) if region else _run_spec(run)
+    spec = region_for_run(run, region)
     # the map set is written into a staging folder and committed as one unit, with the
     # run's outputs.json and report when ``record`` (all old or all new)
     stage = Staged(root)
@@ -353,7 +359,7 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
                   uncertainty=uncertainty, progress=progress, force_zones=force_zones,
                   write_to=write_to)
         res = predict_units(run, spec=spec, **kw) if spec.is_table else \
-            predict_maps(run, region=region, **kw)
+            predict_maps(run, region=region, spec=spec, **kw)
         if record:
             from lsm.workflows.outputs import record_maps
 
@@ -434,7 +440,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
 
     from lsm.mapping.zones import ZONE_NAMES, classify_zones
 
-    spec = spec or (load_region(region) if region else _run_spec(run))
+    spec = spec or region_for_run(run, region)
     if not spec.is_table:
         raise SpecError(f"{spec.source_file or spec.name}: '{spec.name}' is a raster region; "
                         "use predict_maps")

@@ -5,9 +5,14 @@ Layout of a run folder::
     model.json            feature schema, normalisation + statistics, seed, versions,
                           data checksums, the chain of regions
     model/<family>/       one artifact folder per model family (with manifest.json)
+    source_model/<family>/  a fine-tune's copies of the source models it started from
     metrics.json          cross-validation (fit) or four-arm comparison (finetune)
     training_table.parquet
     manifest.json         sha256 of all of the above: written last, checked on load
+
+A run reads nothing outside its folder: every name it stores resolves through
+:func:`lsm.io.paths.inside`, and its region is its stored spec with recorded data
+checksums (:mod:`lsm.workflows.region_record`).
     report.md, figures/, maps/   (written by the mapping and report steps)
 
 A run is written into a staging folder inside the run folder and moved into place
@@ -40,6 +45,7 @@ from lsm.io.artifacts import (
     write_json,
     write_manifest,
 )
+from lsm.io.paths import inside
 from lsm.stack.features import FeatureSchema
 
 MODEL_JSON = "model.json"
@@ -125,13 +131,17 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
     if missing:
         raise ArtifactError(f"{path}: run has no model(s) {missing} (it has {', '.join(have)})")
     # each folder names its own family (a generic transfer stage is a delivered model)
-    models = {f: load_model(path / "model" / f) for f in wanted}
+    models = {f: load_model(inside(path, f"model/{f}", what=f"{MODEL_JSON} families"))
+              for f in wanted}
     check_run_models(path, schema, models)
     return Run(path, meta, models)
 
 
 #: Files of a run that its manifest must cover (besides every file under ``model/``).
 RUN_FILES = (MODEL_JSON, "metrics.json")
+#: Folders whose every file the run manifest covers: the run's models and the source
+#: models a fine-tune keeps (so that it never reads its source run again).
+MODEL_DIRS = ("model", "source_model")
 _STAGING = ".staging-"
 _OLD = ".replaced-"
 _LOCK = ".lsm.lock"
@@ -139,9 +149,9 @@ _LOCK = ".lsm.lock"
 
 def _run_files(path: Path) -> list[Path]:
     files = [path / f for f in (*RUN_FILES, "training_table.parquet") if (path / f).exists()]
-    model = path / "model"
-    if model.is_dir():
-        files += [p for p in sorted(model.rglob("*")) if p.is_file()]
+    for sub in MODEL_DIRS:
+        if (path / sub).is_dir():
+            files += [p for p in sorted((path / sub).rglob("*")) if p.is_file()]
     return files
 
 
@@ -169,7 +179,11 @@ def verify_run(path: Path) -> None:
         raise ArtifactError(f"{man}: lists no model files; refusing the run")
     check_entries(path, entries, changed="changed after the run was written")
     listed = set(entries)
-    extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed]
+    # runs of older lsm wrote source_model/ after their manifest: not part of the run then
+    # (lsm.workflows.extras.kept_source_models reads it only when the manifest covers it)
+    legacy = not any(k.startswith(f"{MODEL_DIRS[1]}/") for k in entries)
+    extra = [p for p in _run_files(path) if p.relative_to(path).as_posix() not in listed
+             and not (legacy and p.relative_to(path).parts[0] == MODEL_DIRS[1])]
     if extra:
         raise ArtifactError(f"{extra[0]}: not part of the run written in {path} (unlisted "
                             f"in {MANIFEST}); refusing to load it")
@@ -314,7 +328,8 @@ def clean_stale(path: Path) -> list[Path]:
 
 
 def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
-              metrics: dict[str, Any], meta: dict[str, Any], extras: Any = None) -> Path:
+              metrics: dict[str, Any], meta: dict[str, Any], extras: Any = None,
+              source_models: dict[str, Any] | None = None) -> Path:
     """Write a whole run (models, training table, metrics, ``model.json``, manifest, and
     ``extras``: an object whose ``write(folder)`` adds the run's extra files).
 
@@ -325,6 +340,9 @@ def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
     kill at any point leaves the previous run, or a commit the next lsm command on the
     folder completes; :func:`load_run` refuses the folder in between: never a mix that
     loads.
+
+    ``source_models`` (a fine-tune's): saved under ``source_model/<family>/``, covered by
+    the manifest like the run's own models.
     """
     from lsm.workflows.owned import Staged
 
@@ -333,6 +351,8 @@ def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
     stage = Staged(path, kind=kind)
     try:
         save_models(stage.dir, models)
+        if source_models:
+            save_models(stage.dir, source_models, folder=MODEL_DIRS[1])
         table.to_parquet(stage.path("training_table.parquet"))
         write_json(stage.path("metrics.json"), metrics)
         write_run_meta(stage.dir, meta)
@@ -351,9 +371,9 @@ def write_run(path: Path, *, models: dict[str, Any], table: pd.DataFrame,
     return path
 
 
-def save_models(path: Path, models: dict[str, Any]) -> None:
+def save_models(path: Path, models: dict[str, Any], *, folder: str = "model") -> None:
     for fam, model in models.items():
-        d = Path(path) / "model" / fam
+        d = Path(path) / folder / fam
         d.mkdir(parents=True, exist_ok=True)
         model.save(d)
 
