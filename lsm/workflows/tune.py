@@ -48,7 +48,8 @@ class TuneConfig(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Stop starting trials after this "
                                   "many seconds.")
     out: Path | None = Field(None, description="Run folder; default runs/tune-<region>-<model>.")
-    seed: int = Field(0, description="Seed of the models (same in every trial) and sampler.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the models (same in every "
+                      "trial) and sampler.")
     factors: list[str] | None = Field(None, description="Factor subset; default all that "
                                       "transfer.")
     norm: Literal["target", "source", "quantile", "none"] = "target"
