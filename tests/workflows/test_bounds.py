@@ -1,0 +1,198 @@
+"""Bounded work: the Optuna study database is lsm's own, killed trials do not stay
+RUNNING, ``--uncertainty`` is capped and announced, a Dask scheduler that does not
+answer is one line after a timeout, and skill from a handful of landslides carries a
+caveat."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lsm.cli import main
+from lsm.errors import SpecError
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# -- the study database ------------------------------------------------------------
+
+
+def _foreign_db(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT)")
+        con.execute("INSERT INTO photos (name) VALUES ('survey.jpg')")
+    return path
+
+
+def test_another_applications_database_is_refused_and_untouched(demo_dir: Path,
+                                                                tmp_path: Path,
+                                                                capsys: Any) -> None:
+    db = _foreign_db(tmp_path / "t" / "study.db")
+    before = _sha(db)
+    rc = main(["tune", "--source", str(demo_dir / "demo-source.yaml"), "--model", "lr",
+               "--trials", "1", "--out", str(tmp_path / "t"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "did not create" in err and "study.db" in err
+    assert _sha(db) == before
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"photos"}  # optuna added nothing
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n" * 40,
+                                     b"SQLite format 3\x00" + b"\xff" * 2000])
+def test_corrupt_study_file_is_refused_and_untouched(tmp_path: Path, content: bytes) -> None:
+    from lsm.workflows.tune import check_study_file
+
+    db = tmp_path / "study.db"
+    db.write_bytes(content)
+    with pytest.raises(SpecError, match="study.db") as info:
+        check_study_file(db)
+    assert "\n" not in str(info.value)
+    assert db.read_bytes() == content
+
+
+def test_plain_optuna_study_is_not_lsms(tmp_path: Path) -> None:
+    import optuna
+
+    from lsm.workflows.tune import check_study_file
+
+    db = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="someone-else")
+    before = _sha(db)
+    with pytest.raises(SpecError, match="did not create"):
+        check_study_file(db)
+    assert _sha(db) == before
+
+
+def test_locked_study_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lsm.workflows import tune
+
+    db = tmp_path / "study.db"
+    tune.check_study_file(db)  # a new, stamped database
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == tune.APPLICATION_ID
+        con.execute("CREATE TABLE t (x)")
+    monkeypatch.setattr(tune, "LOCK_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SpecError, match="locked by another process"):
+            tune.check_study_file(db)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    tune.check_study_file(db)  # free again: accepted
+
+
+def test_stale_running_trial_fails_and_defaults_are_enqueued_again() -> None:
+    import optuna
+
+    from lsm.workflows.tune import DEFAULT_POINTS, _worker, recover_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.enqueue_trial(DEFAULT_POINTS["lr"], user_attrs={"default": True})
+    killed = study.ask()  # the defaults trial, RUNNING when its process was killed
+    killed.set_user_attr("worker", {**_worker(), "pid": _dead_pid()})
+    live = study.ask()  # a trial of this (live) process
+    live.set_user_attr("worker", _worker())
+    done = recover_study(study, "lr")
+    assert done == {"stale_failed": 1, "default_enqueued": 1}
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed.number] == "FAIL" and states[live.number] == "RUNNING"
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["default"] is True
+    assert recover_study(study, "lr") == {"stale_failed": 0, "default_enqueued": 0}
+
+
+def test_resume_after_a_killed_defaults_trial_has_a_defaults_row(demo_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    import optuna
+
+    from lsm.workflows.tune import DEFAULT_POINTS, check_study_file
+
+    out = tmp_path / "t"
+    out.mkdir()
+    db = out / "study.db"
+    check_study_file(db)
+    # what a SIGKILL during the first trial leaves: the defaults trial RUNNING
+    study = optuna.create_study(storage=f"sqlite:///{db}", study_name="demo-source-lr")
+    study.enqueue_trial(DEFAULT_POINTS["lr"], user_attrs={"default": True})
+    t = study.ask()
+    t.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid()})
+    assert main(["tune", "--source", str(demo_dir / "demo-source.yaml"), "--model", "lr",
+                 "--trials", "1", "--out", str(out), "-q"]) == 0
+    s = json.loads((out / "tune_lr.json").read_text())
+    assert [r["state"] for r in s["trials"]] == ["FAIL", "COMPLETE"]
+    assert s["default"] is not None and s["default"]["number"] == 1
+    assert s["default"]["params"]["C"] == 1.0
+
+
+# -- a port that is not a Dask scheduler ---------------------------------------------
+
+
+class _SilentServer:
+    """A TCP server on 127.0.0.1 that accepts and then says nothing (or garbage).
+
+    It stops itself after ``life`` seconds at the latest.
+    """
+
+    def __init__(self, reply: bytes = b"", life: float = 30.0) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.life = life
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        import time
+
+        end = time.monotonic() + self.life
+        while not self.stop.is_set() and time.monotonic() < end:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(c)
+            if self.reply:
+                try:
+                    c.sendall(self.reply)
+                except OSError:
+                    pass
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+    def __enter__(self) -> _SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(5)
