@@ -117,7 +117,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                                   "_zones.tif.aux.xml"))
     rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family)
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
-                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
+                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts,
+                           progress=progress)
     result = {
         **rates, **unc,
         "region": spec.name, "family": family, "probability": str(prob_path),
@@ -281,7 +282,8 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
 
 def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
                      stats: dict[str, Any], path: Path, *, replicates: int | None,
-                     prevalence: float | None, elev: Any, points: Any) -> dict[str, Any]:
+                     prevalence: float | None, elev: Any, points: Any,
+                     progress: bool = False) -> dict[str, Any]:
     """The uncertainty COG (+ quick-look) of a raster map, or {} when it is off."""
     from lsm.io.raster_write import write_value_cog
     from lsm.mapping.predict import predict_raster
@@ -292,7 +294,7 @@ def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
     if not n:
         return {}
     fn = spread_fn(run, family, spec, stats, replicates=n, prevalence=prevalence,
-                   seed=int(run.meta.get("seed", 0)))
+                   seed=int(run.meta.get("seed", 0)), progress=progress)
     da = predict_raster(data.stack, fn, factors=run.schema.factors, value_range=None,
                         name="uncertainty")
     what = DESCRIPTION.format(b=n, family=family)
@@ -371,7 +373,8 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     if n_rep:
         units["uncertainty"] = spread_fn(run, family, spec, stats, replicates=n_rep,
                                          prevalence=prevalence,
-                                         seed=int(run.meta.get("seed", 0)))(table)
+                                         seed=int(run.meta.get("seed", 0)),
+                                         progress=progress)(table)
         u = units["uncertainty"].to_numpy()
         unc = {"uncertainty_replicates": n_rep, "uncertainty_median": float(np.median(u)),
                "uncertainty_p95": float(np.percentile(u, 95)),

@@ -196,3 +196,69 @@ class _SilentServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
         self.thread.join(5)
+
+
+# -- --uncertainty ---------------------------------------------------------------------
+
+
+def _table_region(folder: Path, n: int = 240, seed: int = 5) -> Path:
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(seed)
+    slope = rng.uniform(0, 45, n)
+    rain = rng.normal(1500, 300, n)
+    z = 0.12 * (slope - 22) + 0.004 * (rain - 1500)
+    label = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    pd.DataFrame({"slp": slope, "rain": rain, "landslide": label}).to_csv(
+        folder / "units.csv", index=False)
+    spec = {"name": "units", "samples": {"path": {"path": "units.csv"}, "label": "landslide"},
+            "factors": {"slope": {"column": "slp"}, "rainfall": {"column": "rain"}},
+            "folds": {"n_folds": 3}}
+    path = folder / "units.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def unit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("units")
+    out = d / "run"
+    assert main(["fit", "--source", str(_table_region(d)), "--model", "lr", "--out", str(out),
+                 "--no-predict", "--no-explain", "-q"]) == 0
+    return out
+
+
+def test_uncertainty_is_capped_in_cli_and_workflow(unit_run: Path, tmp_path: Path,
+                                                   capsys: Any) -> None:
+    from lsm.config.run import MAX_REPLICATES
+    from lsm.workflows.runs import load_run
+    from lsm.workflows.uncertainty import resolve_replicates
+
+    rc = main(["predict", "--run", str(unit_run), "--uncertainty", "10000", "--out",
+               str(tmp_path / "m"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--uncertainty" in err and "200" in err
+    assert not (tmp_path / "m").exists()
+    assert MAX_REPLICATES == 200  # the CLI's max= above
+    run = load_run(unit_run)
+    for bad in (2.5, MAX_REPLICATES + 1, 1, -3):
+        with pytest.raises(SpecError, match="uncertainty"):
+            resolve_replicates(run, "lr", bad)
+    assert resolve_replicates(run, "lr", 12.0) == 12
+
+
+def test_many_refits_are_announced_even_when_quiet(unit_run: Path, tmp_path: Path,
+                                                   capsys: Any) -> None:
+    import pandas as pd
+
+    assert main(["predict", "--run", str(unit_run), "--uncertainty", "12", "--out",
+                 str(tmp_path / "m"), "-q"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "bootstrap refits" in line]
+    assert len(notes) == 1, err
+    assert "12 bootstrap refits of the lr model on 240 rows" in notes[0]
+    assert "in all" in notes[0]
+    (table,) = (tmp_path / "m").glob("*_units.parquet")
+    assert pd.read_parquet(table)["uncertainty"].gt(0).all()
