@@ -262,3 +262,68 @@ def test_many_refits_are_announced_even_when_quiet(unit_run: Path, tmp_path: Pat
     assert "in all" in notes[0]
     (table,) = (tmp_path / "m").glob("*_units.parquet")
     assert pd.read_parquet(table)["uncertainty"].gt(0).all()
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    (b"", "no answer within 1 s"),
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n" * 8, "not a Dask scheduler"),
+])
+def test_port_that_is_not_a_scheduler_is_one_line(reply: bytes, why: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path, capsys: Any) -> None:
+    pytest.importorskip("distributed")
+    import time
+
+    from lsm.errors import SchedulerError
+    from lsm.workflows import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1)
+    with _SilentServer(reply) as srv:
+        addr = f"tcp://127.0.0.1:{srv.port}"
+        t0 = time.monotonic()
+        with pytest.raises(SchedulerError, match=why), cluster.dask_scheduler(addr):
+            pass
+        assert time.monotonic() - t0 < 15  # bounded (it hung past 300 s before)
+        rc = main(["predict", "--run", str(tmp_path), "--scheduler", addr, "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and addr in err and why in err, err
+
+
+def test_scheduler_lost_during_the_block_is_one_line() -> None:
+    distributed = pytest.importorskip("distributed")
+    import dask
+    import dask.array as da
+
+    from lsm.errors import SchedulerError
+    from lsm.workflows.cluster import dask_scheduler
+
+    cluster = distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                       dashboard_address=None)
+    addr = cluster.scheduler_address
+    with pytest.raises(SchedulerError, match="was lost during the command") as info, \
+            dask_scheduler(addr, timeout=2):
+        assert da.ones(10, chunks=5).sum().compute() == 10
+        cluster.close()
+        da.ones(10, chunks=5).sum().compute()
+    assert "\n" not in str(info.value)
+    assert dask.config.get("scheduler", None) is None  # the local scheduler is back
+
+
+def test_scheduler_that_stops_answering_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    from lsm.errors import SchedulerError
+    from lsm.workflows import cluster
+
+    monkeypatch.setattr(cluster, "WATCH_INTERVAL", 0.1)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                  dashboard_address=None) as lc:
+        t0 = time.monotonic()
+        with pytest.raises(SchedulerError, match="stopped answering: no answer"), \
+                cluster.dask_scheduler(lc.scheduler_address, timeout=2):
+            # from now on the scheduler 'does not answer' its checks
+            monkeypatch.setattr(cluster, "probe_scheduler", lambda a, t: "no answer within 1 s")
+            while time.monotonic() - t0 < 20:  # a computation that waits on it
+                time.sleep(0.05)
+        assert time.monotonic() - t0 < 20
