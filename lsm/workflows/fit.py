@@ -101,6 +101,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
                                      X, y, folds, on_fold=bar.advance)
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"]}
                 data.table[f"oof_{fam}"] = res["oof"]
+        metrics["skill_caveat"] = _cv_caveat(int(y.sum()), data.split)
 
     models = fit_models(data, schema, list(cfg.models), norm=cfg.norm, seed=cfg.seed,
                         device=cfg.device, progress=cfg.progress, params=cfg.params)
@@ -113,6 +114,19 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         "spec": dump_region(spec), "spec_file": str(spec.source_file or spec.name),
     })
     return metrics
+
+
+def _cv_caveat(n_landslides: int, split: str) -> dict[str, Any] | None:
+    """The caveat of cross-validated skill from too few landslides (also a warning)."""
+    import warnings
+
+    from lsm.evaluate.sample_size import skill_caveat
+
+    caveat = skill_caveat(n_landslides, what=f"{split} cross-validation, each landslide "
+                          "scored once out of fold")
+    if caveat is not None:
+        warnings.warn(caveat["text"], UserWarning, stacklevel=3)
+    return caveat
 
 
 #: How a multi-source run weights its pooled rows (see lsm.workflows.sources.source_weights).
@@ -228,6 +242,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"],
                                       "per_region": res["per_region"]}
                 table[f"oof_{fam}"] = res["oof"]
+        metrics["skill_caveat"] = _cv_caveat(int(y.sum()), split)
     models = {}
     with progress_bar("training final models", len(cfg.models), enabled=cfg.progress) as bar:
         for fam in cfg.models:

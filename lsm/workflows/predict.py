@@ -157,7 +157,15 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
         return {}
     png = plot_rate_curves(success, prediction, path,
                            f"{spec.name}: success / prediction rate ({path.stem.split('_')[-2]})")
-    return {"rates": str(png),
+    caveat = None
+    if prediction is not None:
+        from lsm.evaluate.sample_size import skill_caveat
+
+        caveat = skill_caveat(int((~seen & ok).sum()), what="the prediction-rate curve's "
+                              "landslides, those the map model never saw")
+        if caveat is not None:
+            warnings.warn(caveat["text"], UserWarning, stacklevel=3)
+    return {"rates": str(png), "prediction_rate_caveat": caveat,
             "success_rate_auc": None if success is None else float(success.auc),
             "prediction_rate_auc": None if prediction is None else float(prediction.auc),
             "n_seen_landslides": int((seen & ok).sum()),

@@ -327,3 +327,79 @@ def test_scheduler_that_stops_answering_is_one_line(monkeypatch: pytest.MonkeyPa
             while time.monotonic() - t0 < 20:  # a computation that waits on it
                 time.sleep(0.05)
         assert time.monotonic() - t0 < 20
+
+
+# -- skill from a handful of landslides ------------------------------------------------
+
+
+def _few_landslides_region(folder: Path, n: int, n_landslides: int, seed: int = 9) -> Path:
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(seed)
+    label = np.zeros(n, dtype=int)
+    label[rng.choice(n, n_landslides, replace=False)] = 1
+    slope = rng.uniform(0, 45, n) + 8 * label
+    rain = rng.normal(1500, 300, n)
+    pd.DataFrame({"slp": slope, "rain": rain, "landslide": label}).to_csv(
+        folder / "few.csv", index=False)
+    spec = {"name": "few", "samples": {"path": {"path": "few.csv"}, "label": "landslide"},
+            "factors": {"slope": {"column": "slp"}, "rainfall": {"column": "rain"}},
+            "folds": {"n_folds": 3}}
+    path = folder / "few.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _caveat_notes(caught: list[Any]) -> list[str]:
+    return [str(w.message) for w in caught if "anecdotal" in str(w.message)]
+
+
+def test_enough_landslides_have_no_caveat(unit_run: Path) -> None:
+    m = json.loads((unit_run / "metrics.json").read_text())
+    assert m["n_landslides"] >= 10 and m["skill_caveat"] is None
+
+
+def test_skill_from_few_landslides_carries_a_caveat(unit_run: Path, tmp_path: Path) -> None:
+    import warnings
+
+    import lsm
+    from lsm.evaluate.sample_size import MIN_SKILL_LANDSLIDES
+
+    target = _few_landslides_region(tmp_path, n=60, n_landslides=6)
+    # fit CV on the same few landslides
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = lsm.fit(target, models="lr", out=tmp_path / "fit", maps=False, explain=False)
+    assert fit.metrics["skill_caveat"]["n_landslides"] == 6
+    assert len(_caveat_notes(caught)) == 1
+    # a study: its hold-out holds the landslides behind every score
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ft = lsm.finetune(target, unit_run, shots=2, repeats=2, out=tmp_path / "k2",
+                          maps=False, explain=False)
+    m = ft.metrics
+    assert m["test_landslides"] < MIN_SKILL_LANDSLIDES
+    assert m["skill_caveat"]["n_landslides"] == m["test_landslides"]
+    assert "hold-out" in m["skill_caveat"]["text"]
+    notes = _caveat_notes(caught)
+    assert len(notes) == 1 and f"skill from {m['test_landslides']} landslide" in notes[0]
+    # --shots all: nested CV scores every landslide once
+    ft_all = lsm.finetune(target, unit_run, shots="all", out=tmp_path / "all", maps=False,
+                          explain=False)
+    assert ft_all.metrics["skill_caveat"]["n_landslides"] == 6
+
+
+def test_caveat_reaches_console_and_report(unit_run: Path, tmp_path: Path,
+                                          capsys: Any) -> None:
+    target = _few_landslides_region(tmp_path, n=60, n_landslides=6)
+    out = tmp_path / "all"
+    assert main(["finetune", "--target", str(target), "--from", str(unit_run), "--shots",
+                 "all", "--out", str(out), "--no-explain", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "note: skill from 6 landslides" in err
+    report = (out / "report.md").read_text()
+    assert "**Caveat:** skill from 6 landslides" in report
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["skill_caveat"]["min_landslides"] == 10
