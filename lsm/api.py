@@ -225,7 +225,7 @@ class Run(_RunFolder):
         """
         from lsm.workflows.runs import load_run as _load
 
-        r = _load(Path(path), families=_families(models))
+        r = _load(_path_arg("path", path, optional=False), families=_families(models))
         return cls(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
 
     # -- what the run holds ----------------------------------------------------------
@@ -458,7 +458,10 @@ def load_region(region: str | Path, *, factors: Sequence[str] | None = None,
     from lsm.config.spec import load_region as _spec
     from lsm.workflows.region import load_region_data
 
-    return load_region_data(_spec(region), progress=progress,
+    name = _region_arg("region", region)
+    if isinstance(name, list):
+        raise ArgumentError("argument: region: one region (a name or spec path)")
+    return load_region_data(_spec(name), progress=progress,
                             factors=list(factors) if factors is not None else None)
 
 

@@ -156,6 +156,8 @@ def test_several_problems_are_one_warning_each(run: lsm.Run) -> None:
     (lambda r: lsm.finetune("demo-target", r, prevalence=0), "prevalence"),
     (lambda r: lsm.finetune("demo-target", 7), "source_run"),
     (lambda r: lsm.finetune(None, r), "target"),
+    (lambda r: lsm.load_run(123), "path"),
+    (lambda r: lsm.load_region(["a", "b"]), "region"),
 ])
 def test_bad_argument_is_one_line_naming_it(run: lsm.Run, call: Any, name: str) -> None:
     with pytest.raises(LsmError) as info:
@@ -168,3 +170,24 @@ def test_bad_argument_is_one_line_naming_it(run: lsm.Run, call: Any, name: str) 
 
 def test_input_warning_is_a_user_warning() -> None:
     assert issubclass(InputWarning, UserWarning)
+
+
+def test_missing_aspect_is_flat_ground_not_missing(tmp_path: Path) -> None:
+    """Training tables hold NaN aspect for flat ground (encoded (0, 0)): not a gap."""
+    rng = np.random.default_rng(4)
+    n = 200
+    df = pd.DataFrame({"slp": rng.uniform(0, 40, n), "asp": rng.uniform(0, 360, n),
+                       "landslide": rng.integers(0, 2, n)})
+    df.loc[:20, "asp"] = -1
+    df.to_csv(tmp_path / "flat.csv", index=False)
+    spec = {"name": "flat", "samples": {"path": {"path": "flat.csv"}, "label": "landslide"},
+            "factors": {"slope": {"column": "slp"}, "aspect": {"column": "asp", "nodata": [-1]}},
+            "folds": {"n_folds": 3}}
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(spec))
+    r = lsm.fit(tmp_path / "flat.yaml", models="lr", out=tmp_path / "run", cv=False,
+                maps=False, explain=False)
+    p, msgs = _score(r, pd.DataFrame({"slope": [5.0, 5.0], "aspect": [np.nan, 90.0]}))
+    assert np.isfinite(p).all() and msgs == []
+    # stored units: the sentinel -1 is flat ground too
+    p2, _ = _score(r, pd.DataFrame({"slope": [5.0], "aspect": [-1]}), units="stored")
+    assert p2.iloc[0] == pytest.approx(p.iloc[0])

@@ -11,7 +11,8 @@ the region it was computed from.  Rows handed to the API get the same treatment:
   only the parts of the cleaning that are the same in both units apply (the valid
   range, and sentinels and replacements of a factor without scale or offset);
 - a row with a missing factor (NaN, a sentinel) scores NaN, as its pixel would be
-  nodata;
+  nodata; aspect excepted: a missing aspect is flat ground, which training tables
+  hold and encode as (0, 0);
 - a category the model never saw, and a value outside the training range (widened
   by ``tolerance`` times its width), are scored but reported.
 
@@ -99,6 +100,8 @@ def check_rows(run: Run, table: pd.DataFrame, spec: RegionSpec, stats: dict[str,
     per: dict[str, int] = {}
     for f in schema.factors:
         col = named[f]
+        if schema.kinds[f] == "circular":
+            continue  # a missing aspect is flat ground, encoded (0, 0) as in training
         if schema.kinds[f] == "categorical":
             bad = col.isna().to_numpy()
         else:
