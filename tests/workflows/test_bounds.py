@@ -400,3 +400,35 @@ def test_caveat_reaches_console_and_report(unit_run: Path, tmp_path: Path,
     assert "**Caveat:** skill from 6 landslides" in report
     m = json.loads((out / "metrics.json").read_text())
     assert m["skill_caveat"]["min_landslides"] == 10
+
+
+def test_scheduler_lost_mid_map_is_one_line_and_writes_nothing_half(
+        tiny_region: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: Any) -> None:
+    distributed = pytest.importorskip("distributed")
+    from lsm.io import raster_write
+    from lsm.workflows import cluster
+
+    run = tmp_path / "run"
+    assert main(["fit", "--source", str(tiny_region["spec_path"]), "--model", "lr", "--out",
+                 str(run), "--no-predict", "--no-explain", "--no-cv", "-q"]) == 0
+    lc = distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                  dashboard_address=None)
+    blocks = raster_write._blocks
+
+    def lose_scheduler_then_write(*args: Any, **kwargs: Any) -> Any:
+        lc.close()  # the scheduler goes away as the first raster is being written
+        return blocks(*args, **kwargs)
+
+    monkeypatch.setattr(raster_write, "_blocks", lose_scheduler_then_write)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 2)
+    out = tmp_path / "maps"
+    capsys.readouterr()
+    rc = main(["predict", "--run", str(run), "--out", str(out), "--scheduler",
+               lc.scheduler_address, "-q"])
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if "distributed." not in line]
+    assert rc == 2 and len(lines) == 1 and "was lost during the command" in lines[0], err
+    assert "internal error" not in err
+    written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    assert not [n for n in written if ".tmp-" in n or n.endswith(".tif")], written
