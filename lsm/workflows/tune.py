@@ -207,6 +207,8 @@ def check_study_file(db: Path) -> None:
     import sqlite3
 
     hint = "use another --out (lsm tune keeps its study in its own study.db)"
+    if db.is_symlink():  # lsm writes its study into a plain file of --out, nowhere else
+        raise SpecError(f"{db}: a link, not lsm's study database; {hint}")
     if db.is_dir() or (db.exists() and not db.is_file()):
         raise SpecError(f"{db}: not a file; {hint}")
     if not db.exists() or db.stat().st_size == 0:

@@ -72,6 +72,21 @@ def test_corrupt_study_file_is_refused_and_untouched(tmp_path: Path, content: by
     assert db.read_bytes() == content
 
 
+def test_study_link_or_folder_is_refused(tmp_path: Path) -> None:
+    from lsm.workflows.tune import check_study_file
+
+    elsewhere = tmp_path / "elsewhere.db"
+    link = tmp_path / "a" / "study.db"
+    link.parent.mkdir()
+    link.symlink_to(elsewhere)  # dangling: sqlite would create the file it points to
+    with pytest.raises(SpecError, match="a link"):
+        check_study_file(link)
+    assert not elsewhere.exists()
+    (tmp_path / "b" / "study.db").mkdir(parents=True)
+    with pytest.raises(SpecError, match="not a file"):
+        check_study_file(tmp_path / "b" / "study.db")
+
+
 def test_plain_optuna_study_is_not_lsms(tmp_path: Path) -> None:
     import optuna
 
