@@ -825,12 +825,18 @@ def run_pipeline(pipeline: str | Path | Any, *, out: str | Path | None = None,
     >>> res = lsm.run_pipeline("pipelines/transfer.yaml", repeats=2)   # doctest: +SKIP
     >>> res.summary                                                    # doctest: +SKIP
     """
-    from lsm.config.pipeline import load_pipeline
+    from lsm.config.pipeline import PipelineConfig, load_pipeline
     from lsm.workflows.pipeline import apply_overrides
     from lsm.workflows.pipeline import run_pipeline as _run
 
-    cfg = load_pipeline(pipeline) if isinstance(pipeline, (str, Path)) else pipeline
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
+                                or repeats < 1):
+        raise ArgumentError(f"argument: repeats: expected a whole number of at least 1, got "
+                            f"{repeats!r}")
+    if not isinstance(pipeline, PipelineConfig):
+        pipeline = _path_arg("pipeline", pipeline, optional=False)
+    cfg = load_pipeline(pipeline) if isinstance(pipeline, Path) else pipeline
     cfg = apply_overrides(cfg, repeats=repeats)
-    return _run(cfg, out=Path(out) if out is not None else None, force=force,
+    return _run(cfg, out=_path_arg("out", out), force=force,
                 progress=progress, overrides={"repeats": repeats} if repeats else {},
                 command=command)

@@ -157,6 +157,10 @@ def test_several_problems_are_one_warning_each(run: lsm.Run) -> None:
     (lambda r: lsm.finetune("demo-target", 7), "source_run"),
     (lambda r: lsm.finetune(None, r), "target"),
     (lambda r: lsm.load_run(123), "path"),
+    (lambda r: lsm.run_pipeline("p.yaml", repeats=2.5), "repeats"),
+    (lambda r: lsm.run_pipeline(3), "pipeline"),
+    (lambda r: lsm.fit("demo-source", norm="zscore"), "norm"),
+    (lambda r: r.predict(_good(), model=5), "model"),
     (lambda r: lsm.load_region(["a", "b"]), "region"),
 ])
 def test_bad_argument_is_one_line_naming_it(run: lsm.Run, call: Any, name: str) -> None:
