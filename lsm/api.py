@@ -21,15 +21,20 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
+from lsm.config.run import ExplainOptions, PredictOptions, ScoreOptions
+from lsm.errors import ArgumentError
 from lsm.workflows.runs import Run as _RunFolder
 from lsm.workflows.runs import holds_run_folders
 
 __all__ = ["Explanation", "MapResult", "Run", "explain", "finetune", "fit", "load_region",
            "load_run", "predict", "run_pipeline"]
+
+
+_T = TypeVar("_T")
 
 
 def _families(models: str | Sequence[str] | None) -> list[str] | None:
@@ -38,7 +43,16 @@ def _families(models: str | Sequence[str] | None) -> list[str] | None:
         return None
     from lsm.models.base import parse_families
 
-    return parse_families(models if isinstance(models, str) else ",".join(models))
+    if not isinstance(models, str) and not (
+            isinstance(models, Sequence) and all(isinstance(m, str) for m in models)):
+        raise ArgumentError(f"argument: models: expected 'all', a comma list or a list of "
+                            f"family names, got {type(models).__name__} {models!r}"[:200])
+    try:
+        return parse_families(models if isinstance(models, str) else ",".join(models))
+    except ArgumentError:
+        raise
+    except ValueError as err:
+        raise ArgumentError(f"argument: models: {err}") from None
 
 
 def _read_data(data: Any) -> pd.DataFrame:
@@ -51,8 +65,49 @@ def _read_data(data: Any) -> pd.DataFrame:
         return read_table(Path(data))
     if hasattr(data, "to_pandas"):
         return data.to_pandas()
-    raise TypeError(f"cannot score a {type(data).__name__}: give a pandas DataFrame, a "
-                    "pyarrow table or the path of a CSV / Parquet / vector file")
+    raise ArgumentError(f"data: cannot score a {type(data).__name__}; give a pandas DataFrame, "
+                        "a pyarrow table or the path of a CSV / Parquet / vector file")
+
+
+def _options(cls: type[_T], **values: Any) -> _T:
+    """``cls(**values)``, or an :class:`ArgumentError` naming the first bad argument.
+
+    The API validates its arguments through the options objects the CLI and the
+    pipelines use (:mod:`lsm.config.run`), so the three cannot drift apart.
+    """
+    from pydantic import ValidationError
+
+    from lsm.config.spec import format_validation_error
+
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        raise ArgumentError(format_validation_error(err, "argument")) from None
+
+
+def _path_arg(name: str, value: Any, *, optional: bool = True) -> Path | None:
+    """A path argument: a str or os.PathLike, else an :class:`ArgumentError`."""
+    import os
+
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return Path(value)
+    raise ArgumentError(f"argument: {name}: expected a path (str or pathlib.Path), got "
+                        f"{type(value).__name__} {value!r}"[:200])
+
+
+def _region_arg(name: str, value: Any) -> str | list[str]:
+    """A region argument: a name or spec path, or (``source``) a sequence of them."""
+    import os
+
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return str(value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and value and \
+            all(isinstance(v, (str, os.PathLike)) and str(v).strip() for v in value):
+        return [str(v) for v in value]
+    raise ArgumentError(f"argument: {name}: expected a region name or spec path (or a list "
+                        f"of them), got {type(value).__name__} {value!r}"[:200])
 
 
 @dataclass
@@ -170,7 +225,7 @@ class Run(_RunFolder):
         """
         from lsm.workflows.runs import load_run as _load
 
-        r = _load(Path(path), families=_families(models))
+        r = _load(_path_arg("path", path, optional=False), families=_families(models))
         return cls(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
 
     # -- what the run holds ----------------------------------------------------------
@@ -214,13 +269,20 @@ class Run(_RunFolder):
     # -- using it --------------------------------------------------------------------
 
     def predict(self, data: Any, *, model: str | None = None, region: Any = None,
-                prevalence: float | None = None) -> pd.Series | pd.DataFrame:
-        """``P(landslide)`` of every row of a table of raw factor values.
+                prevalence: float | None = None, units: str = "model",
+                range_tolerance: float = 0.1, strict: bool = False
+                ) -> pd.Series | pd.DataFrame:
+        """``P(landslide)`` of every row of a table of factor values.
 
         The run's schema and normalisation are applied exactly as in training:
         categorical codes named with the region's legend, aspect to sin/cos,
         continuous factors standardised with the statistics of the region the
-        rows come from.
+        rows come from.  Rows are checked as a map checks pixels: a row with a
+        missing factor (NaN, or a sentinel of the spec) scores NaN, as its pixel
+        would be nodata; categories the model never saw and values outside the
+        training range are scored, with one :class:`lsm.errors.InputWarning`
+        per kind of problem giving counts per factor (``strict=True``: a
+        :class:`lsm.errors.DataError` instead).
 
         Parameters
         ----------
@@ -236,6 +298,18 @@ class Run(_RunFolder):
             was trained in.
         prevalence : float, optional
             Expected landslide share; shifts the base rate as maps do.
+        units : {"model", "stored"}
+            ``"model"``: values as the region's training table holds them
+            (:func:`load_region`'s ``table``: NDVI 0..1); ``"stored"``: as the
+            region's files store them (NDVI x 10000): the spec's replacements,
+            sentinels, scale, offset and valid range are applied first, by the
+            function maps use.
+        range_tolerance : float
+            A continuous value farther than this share of the training range's
+            width below its minimum or above its maximum is reported.
+        strict : bool
+            Raise instead of warning about missing values, unknown categories and
+            values out of range.
 
         Returns
         -------
@@ -247,25 +321,49 @@ class Run(_RunFolder):
         ------
         lsm.errors.FactorMismatchError
             ``data`` lacks a factor of the model.
+        lsm.errors.ArgumentError
+            An invalid argument (no rows, ``prevalence`` outside (0, 1), ...).
+        lsm.errors.DataError
+            ``strict=True`` and the rows hold values the model cannot score as given.
 
         Example
         -------
         >>> run.predict(pd.read_csv("points.csv"))                 # doctest: +SKIP
         """
+        import warnings
+
+        import numpy as np
+
+        from lsm.errors import DataError, InputWarning
+        from lsm.workflows.guard import check_rows
         from lsm.workflows.predict import make_predict_fn
 
+        opts = _options(ScoreOptions, model=model, prevalence=prevalence, units=units,
+                        range_tolerance=range_tolerance, strict=strict)
         table = _read_data(data)
         spec, stats = self._region_for(region)
-        names = self.families if model == "all" else [model or self.default_model]
+        names = self.families if opts.model == "all" else [opts.model or self.default_model]
         for n in names:
             if n not in self.models:
                 from lsm.errors import FactorMismatchError
 
                 raise FactorMismatchError(f"run {self.path} has no model {n!r} (it has "
                                           f"{', '.join(self.models)})")
-        out = {n: make_predict_fn(self, n, spec, stats, prevalence=prevalence)(table)
-               for n in names}
-        if model == "all":
+        rows, missing, notes = check_rows(self, table, spec, stats, units=opts.units,
+                                          tolerance=opts.range_tolerance)
+        if notes and opts.strict:
+            raise DataError("data: " + "; and ".join(notes))
+        for note in notes:
+            warnings.warn(f"Run.predict: {note}", InputWarning, stacklevel=2)
+        out = {}
+        for n in names:
+            p = np.full(len(rows), np.nan)
+            if not missing.all():
+                ok = ~missing
+                p[ok] = make_predict_fn(self, n, spec, stats,
+                                        prevalence=opts.prevalence)(rows[ok])
+            out[n] = p
+        if opts.model == "all":
             return pd.DataFrame(out, index=table.index)
         return pd.Series(out[names[0]], index=table.index, name=names[0])
 
@@ -332,7 +430,7 @@ def _as_run(run: Run | _RunFolder | str | Path) -> Run:
         return run
     if isinstance(run, _RunFolder):
         return Run(**{f.name: getattr(run, f.name) for f in dataclasses.fields(run)})
-    return Run.load(run)
+    return Run.load(_path_arg("run", run, optional=False))
 
 
 def load_region(region: str | Path, *, factors: Sequence[str] | None = None,
@@ -363,7 +461,10 @@ def load_region(region: str | Path, *, factors: Sequence[str] | None = None,
     from lsm.config.spec import load_region as _spec
     from lsm.workflows.region import load_region_data
 
-    return load_region_data(_spec(region), progress=progress,
+    name = _region_arg("region", region)
+    if isinstance(name, list):
+        raise ArgumentError("argument: region: one region (a name or spec path)")
+    return load_region_data(_spec(name), progress=progress,
                             factors=list(factors) if factors is not None else None)
 
 
@@ -441,13 +542,13 @@ def fit(source: str | Path | Sequence[str | Path], *, models: str | Sequence[str
     """
     from lsm.workflows.fit import FitConfig, run_dir, run_fit
 
-    if not isinstance(source, (str, Path)):
-        source = [str(s) for s in source]
-    cfg = FitConfig(source=str(source) if isinstance(source, Path) else source,
-                    models=_families(models), out=Path(out) if out is not None else None,
-                    factors=list(factors) if factors is not None else None, norm=norm,
-                    device=device, cv=cv, seed=seed, progress=progress, command=command,
-                    **({"params": params} if params else {}))
+    if isinstance(factors, str):
+        factors = [f.strip() for f in factors.split(",") if f.strip()]
+    cfg = _options(FitConfig, source=_region_arg("source", source), models=_families(models),
+                   out=_path_arg("out", out),
+                   factors=list(factors) if factors is not None else None, norm=norm,
+                   device=device, cv=cv, seed=seed, progress=progress, command=command,
+                   **({"params": params} if params else {}))
     metrics = run_fit(cfg)
     return _trained(run_dir(cfg, metrics["region"]), maps=maps, explain=explain,
                     progress=progress, console=console, on_trained=on_trained)
@@ -527,16 +628,27 @@ def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong",
     from lsm.workflows.finetune import FinetuneConfig, run_dir, run_finetune
     from lsm.workflows.runs import latest_run
 
-    src = source_run.path if isinstance(source_run, _RunFolder) else Path(source_run)
-    src = latest_run(src) or src
+    target = _region_arg("target", target)
+    if isinstance(target, list):
+        raise ArgumentError("argument: target: one region (a name or spec path)")
+    src = source_run.path if isinstance(source_run, _RunFolder) else \
+        _path_arg("source_run", source_run, optional=False)
+    if isinstance(shots, bool) or not isinstance(shots, (int, str)):
+        raise ArgumentError(f"argument: shots: expected a whole number of shots or 'all', "
+                            f"got {type(shots).__name__} {shots!r}"[:200])
     if isinstance(shots, str) and shots.strip().lower() != "all":
-        shots = int(shots)
-    cfg = FinetuneConfig(target=str(target), source_run=src,
-                         shots=shots.strip().lower() if isinstance(shots, str) else shots,
-                         repeats=repeats, models=_families(models), seed=seed,
-                         out=Path(out) if out is not None else None, norm=norm,
-                         prevalence=prevalence, device=device, anchor=anchor,
-                         reweight=reweight, progress=progress, command=command)
+        try:
+            shots = int(shots.strip())
+        except ValueError:
+            raise ArgumentError(f"argument: shots: {shots!r} is not a whole number of shots "
+                                "or 'all'") from None
+    cfg = _options(FinetuneConfig, target=target, source_run=src,
+                   shots=shots.strip().lower() if isinstance(shots, str) else shots,
+                   repeats=repeats, models=_families(models), seed=seed,
+                   out=_path_arg("out", out), norm=norm,
+                   prevalence=prevalence, device=device, anchor=anchor,
+                   reweight=reweight, progress=progress, command=command)
+    cfg.source_run = latest_run(cfg.source_run) or cfg.source_run
     metrics = run_finetune(cfg)
     return _trained(run_dir(cfg, metrics["source_region"], metrics["target"]), maps=maps,
                     explain=explain, progress=progress, console=console,
@@ -597,17 +709,30 @@ def predict(run: Run | str | Path, region: str | Path | None = None, *,
     """
     from lsm.workflows.predict import predict_region
 
-    r = _as_run(run)
+    opts = _options(PredictOptions, model=model,
+                    thresholds=list(thresholds) if isinstance(thresholds, Sequence) and
+                    not isinstance(thresholds, str) else thresholds,
+                    prevalence=prevalence, uncertainty=uncertainty, force_zones=force_zones,
+                    progress=progress)
+    region = _region_arg("region", region) if region is not None else None
+    if isinstance(region, list):
+        raise ArgumentError("argument: region: one region at a time")
+    out = _path_arg("out", out)
     cuts = None
-    if thresholds is not None:
+    if opts.thresholds is not None:
         from lsm.mapping.zones import validate_thresholds
 
-        cuts = validate_thresholds(list(thresholds))
+        try:
+            cuts = validate_thresholds(opts.thresholds)
+        except ValueError as err:
+            raise ArgumentError(f"argument: thresholds: {err}") from None
+    r = _as_run(run)
     # maps inside the run folder: its outputs.json and report change in the same commit
-    res = predict_region(r, region=str(region) if region is not None else None, family=model,
-                         out=Path(out) if out is not None else None, thresholds=cuts,
-                         prevalence=prevalence, uncertainty=uncertainty, progress=progress,
-                         force_zones=force_zones, record=out is None)
+    res = predict_region(r, region=str(region) if region is not None else None,
+                         family=opts.model, out=out, thresholds=cuts,
+                         prevalence=opts.prevalence, uncertainty=opts.uncertainty,
+                         progress=opts.progress, force_zones=opts.force_zones,
+                         record=out is None)
     rep = res.pop("report", None)
     report = Path(rep) if rep is not None else None
     return MapResult._from_dict(res, report)
@@ -652,6 +777,9 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
     from lsm.workflows.owned import Staged
     from lsm.workflows.runs import claim_run_dir
 
+    opts = _options(ExplainOptions, shap_maps=shap_maps, model=model,
+                    region=str(_region_arg("region", region)) if region is not None else None,
+                    top=top, progress=progress)
     r = _as_run(run)
     # explain writes into the run: hold it (a fit re-writing it meanwhile is refused), and
     # commit the SHAP figures, shap.json and SHAP maps as one set
@@ -660,10 +788,9 @@ def explain(run: Run | str | Path, *, shap_maps: bool = False, model: str | None
     try:
         res = explain_run(r, to=stage.dir)
         maps: list[Path] = []
-        if shap_maps:
-            maps = [Path(p) for p in _shap_maps(r, family=model,
-                                                region=str(region) if region else None,
-                                                top=top, progress=progress,
+        if opts.shap_maps:
+            maps = [Path(p) for p in _shap_maps(r, family=opts.model, region=opts.region,
+                                                top=opts.top, progress=opts.progress,
                                                 write_to=stage.path("maps"))]
         heads = {f"maps/{p.name.split('_shap_')[0]}_shap_" for p in maps}
 
@@ -719,12 +846,18 @@ def run_pipeline(pipeline: str | Path | Any, *, out: str | Path | None = None,
     >>> res = lsm.run_pipeline("pipelines/transfer.yaml", repeats=2)   # doctest: +SKIP
     >>> res.summary                                                    # doctest: +SKIP
     """
-    from lsm.config.pipeline import load_pipeline
+    from lsm.config.pipeline import PipelineConfig, load_pipeline
     from lsm.workflows.pipeline import apply_overrides
     from lsm.workflows.pipeline import run_pipeline as _run
 
-    cfg = load_pipeline(pipeline) if isinstance(pipeline, (str, Path)) else pipeline
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
+                                or repeats < 1):
+        raise ArgumentError(f"argument: repeats: expected a whole number of at least 1, got "
+                            f"{repeats!r}")
+    if not isinstance(pipeline, PipelineConfig):
+        pipeline = _path_arg("pipeline", pipeline, optional=False)
+    cfg = load_pipeline(pipeline) if isinstance(pipeline, Path) else pipeline
     cfg = apply_overrides(cfg, repeats=repeats)
-    return _run(cfg, out=Path(out) if out is not None else None, force=force,
+    return _run(cfg, out=_path_arg("out", out), force=force,
                 progress=progress, overrides={"repeats": repeats} if repeats else {},
                 command=command)

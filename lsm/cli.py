@@ -462,9 +462,10 @@ def predict(
                                                      "the map's base rate.")] = None,
     uncertainty: Annotated[int | None, typer.Option(help="Bootstrap refits behind the "
                                                     "uncertainty layer (std of P per pixel "
-                                                    "or unit); 0: none \\[default: 10 for a "
-                                                    "delivered model, else none].",
-                                                    min=0)] = None,
+                                                    "or unit), at most 200; 0: none "
+                                                    "\\[default: 10 for a delivered model, "
+                                                    "else none].",
+                                                    min=0, max=200)] = None,
     force_zones: Annotated[bool, typer.Option("--force-zones", help="Write the zones even "
                                               "when the run's fine-tune found no skill "
                                               "above chance (withheld by default then).")

@@ -45,3 +45,12 @@ class RunBusyError(LsmError):
 
 class SchedulerError(LsmError):
     """The dask scheduler given by ``--scheduler`` / ``LSM_SCHEDULER`` cannot be used."""
+
+
+class ArgumentError(LsmError, ValueError):
+    """An argument of a Python API call is invalid; the message names the argument."""
+
+
+class InputWarning(UserWarning):
+    """Rows given to :meth:`lsm.Run.predict` hold values the model cannot score as given
+    (missing, an unknown category, outside the training range)."""

@@ -99,7 +99,7 @@ class FitConfig(DeviceOption):
     models: list[FamilyName] = Field(default_factory=default_families, min_length=1,
                                      description="Model families.")
     out: Path | None = Field(None, description="Run folder; default runs/<region>.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of folds, sampling and models.")
     factors: list[str] | None = Field(None, description="Factor subset; default all that transfer.")
     norm: Norm = "target"
     cv: bool = Field(True, description="Run spatial cross-validation before the final fit.")
@@ -142,7 +142,8 @@ class FinetuneConfig(FinetuneOptions, DeviceOption):
         50, description="Landslides (and as many non-landslides) per repeat; 'all' trains the "
         "delivered model on every labelled point and estimates its skill by cross-validation.")
     models: list[FamilyName] | None = Field(None, description="Families; default the run's.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the hold-out, the shots and "
+                      "the models.")
     out: Path | None = None
     norm: Norm | None = Field(None, description="Default: the source run's normalisation.")
     deliver: bool = Field(True, description="Fit the delivered map model on all labelled "
@@ -151,3 +152,60 @@ class FinetuneConfig(FinetuneOptions, DeviceOption):
                           "--shots all.")
     progress: bool = True
     command: str | None = Field(None, description="Command line that reproduces the run.")
+
+
+#: Most bootstrap refits behind an uncertainty layer (each is a full refit of the model).
+MAX_REPLICATES = 200
+#: What :meth:`lsm.Run.predict` reads: values as the region's training table holds them
+#: (``model``, after the spec's scale, sentinels and replacements) or as its files store
+#: them (``stored``: the spec's cleaning is applied first, as maps do).
+Units = Literal["model", "stored"]
+
+
+class PredictOptions(_Options):
+    """Options of ``lsm predict`` (:func:`lsm.predict`, :meth:`lsm.Run.predict_map`)."""
+
+    model: str | None = Field(None, description="Family to map; default the run's delivered "
+                              "or best model.")
+    thresholds: list[float] | None = Field(None, description="Four increasing zone "
+                                           "thresholds in (0, 1) (checked by "
+                                           "lsm.mapping.zones.validate_thresholds).")
+    prevalence: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                     description="Expected landslide share.")
+    uncertainty: int | None = Field(
+        None, ge=0, le=MAX_REPLICATES, description="Bootstrap refits behind the uncertainty "
+        f"layer: 0 (none) or 2..{MAX_REPLICATES}; default 10 for a delivered model.")
+    force_zones: bool = False
+    progress: bool = False
+
+    @field_validator("uncertainty")
+    @classmethod
+    def _not_one(cls, v: int | None) -> int | None:
+        if v == 1:
+            raise ValueError("1 bootstrap refit has no spread; give 0 (none) or at least 2")
+        return v
+
+
+class ScoreOptions(_Options):
+    """Options of :meth:`lsm.Run.predict` (scoring a table of rows)."""
+
+    model: str | None = Field(None, description="A family, 'all', or None (the default model).")
+    prevalence: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                     description="Expected landslide share.")
+    units: Units = Field("model", description="model: values as in the region's training "
+                         "table; stored: as in its files (the spec's cleaning is applied).")
+    range_tolerance: float = Field(
+        0.1, ge=0, allow_inf_nan=False, description="Values farther than this share of the "
+        "training range beyond its minimum or maximum are out of range.")
+    strict: bool = Field(False, description="Refuse rows with missing values, unknown "
+                         "categories or values out of range instead of warning.")
+
+
+class ExplainOptions(_Options):
+    """Options of ``lsm explain`` (:func:`lsm.explain`)."""
+
+    shap_maps: bool = False
+    model: str | None = None
+    region: str | None = None
+    top: int = Field(3, ge=1, le=1000, description="Factors mapped with shap_maps.")
+    progress: bool = False

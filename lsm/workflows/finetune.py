@@ -403,9 +403,20 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
         "anchor": cfg.anchor, "anchor_chosen": anchors,
         "factor_relations": s.relations,
     }
+    metrics["skill_caveat"] = _caveat(int(y_test.sum()), f"the {split} hold-out")
     metrics["_shots_r0"] = shots_r0
     metrics.update(metrics_extra)
     return metrics, delivered_models
+
+
+def _caveat(n_landslides: int, what: str) -> dict[str, Any] | None:
+    """The caveat of a skill score from too few landslides (also a warning), or None."""
+    from lsm.evaluate.sample_size import skill_caveat
+
+    caveat = skill_caveat(n_landslides, what=what)
+    if caveat is not None:
+        warnings.warn(caveat["text"], UserWarning, stacklevel=3)
+    return caveat
 
 
 def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -489,6 +500,7 @@ def _production(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[st
         "factor_relations": s.relations,
         "production": production,
     }
+    metrics["skill_caveat"] = _caveat(n_pos, f"{how}, each landslide scored once")
     metrics["_shots_r0"] = np.arange(n)
     done = np.isfinite(oof)
     metrics["_test_predictions"] = (

@@ -102,6 +102,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
                                      X, y, folds, on_fold=bar.advance)
                 metrics["cv"][fam] = {"summary": res["summary"], "folds": res["folds"]}
                 data.table[f"oof_{fam}"] = res["oof"]
+        metrics["skill_caveat"] = _cv_caveat(int(y.sum()), data.split)
 
     weak = weak_skill(metrics["cv"], cfg.params)
     if weak:
@@ -138,6 +139,19 @@ def weak_skill(cv: dict[str, Any], params: dict[str, dict[str, Any]]) -> list[st
             out.append(f"{fam}: cross-validated AUC {shown} <= {WEAK_AUC}: no skill above "
                        f"chance{why}; do not use its map")
     return out
+
+
+def _cv_caveat(n_landslides: int, split: str) -> dict[str, Any] | None:
+    """The caveat of cross-validated skill from too few landslides (also a warning)."""
+    import warnings
+
+    from lsm.evaluate.sample_size import skill_caveat
+
+    caveat = skill_caveat(n_landslides, what=f"{split} cross-validation, each landslide "
+                          "scored once out of fold")
+    if caveat is not None:
+        warnings.warn(caveat["text"], UserWarning, stacklevel=3)
+    return caveat
 
 
 #: How a multi-source run weights its pooled rows (see lsm.workflows.sources.source_weights).
@@ -257,6 +271,7 @@ def run_fit_sources(cfg: FitConfig, names: list[str]) -> dict[str, Any]:
     if weak:
         metrics["warnings"] = weak
         notes += weak
+        metrics["skill_caveat"] = _cv_caveat(int(y.sum()), split)
     models = {}
     with progress_bar("training final models", len(cfg.models), enabled=cfg.progress) as bar:
         for fam in cfg.models:

@@ -127,7 +127,8 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                                       "_zones.tif.aux.xml"))
     rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family)
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
-                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts)
+                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts,
+                           progress=progress)
     result = {
         **rates, **unc,
         "region": spec.name, "family": family, "probability": str(prob_path),
@@ -211,7 +212,15 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
         return {}
     png = plot_rate_curves(success, prediction, path,
                            f"{spec.name}: success / prediction rate ({path.stem.split('_')[-2]})")
-    return {"rates": str(png),
+    caveat = None
+    if prediction is not None:
+        from lsm.evaluate.sample_size import skill_caveat
+
+        caveat = skill_caveat(int((~seen & ok).sum()), what="the prediction-rate curve's "
+                              "landslides, those the map model never saw")
+        if caveat is not None:
+            warnings.warn(caveat["text"], UserWarning, stacklevel=3)
+    return {"rates": str(png), "prediction_rate_caveat": caveat,
             "success_rate_auc": None if success is None else float(success.auc),
             "prediction_rate_auc": None if prediction is None else float(prediction.auc),
             "n_seen_landslides": int((seen & ok).sum()),
@@ -380,7 +389,8 @@ def predict_region(run: Run, *, region: str | None = None, family: str | None = 
 
 def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
                      stats: dict[str, Any], path: Path, *, replicates: int | None,
-                     prevalence: float | None, elev: Any, points: Any) -> dict[str, Any]:
+                     prevalence: float | None, elev: Any, points: Any,
+                     progress: bool = False) -> dict[str, Any]:
     """The uncertainty COG (+ quick-look) of a raster map, or {} when it is off."""
     from lsm.io.raster_write import write_value_cog
     from lsm.mapping.predict import predict_raster
@@ -391,7 +401,7 @@ def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
     if not n:
         return {}
     fn = spread_fn(run, family, spec, stats, replicates=n, prevalence=prevalence,
-                   seed=int(run.meta.get("seed", 0)))
+                   seed=int(run.meta.get("seed", 0)), progress=progress)
     da = predict_raster(data.stack, fn, factors=run.schema.factors, value_range=None,
                         name="uncertainty")
     what = DESCRIPTION.format(b=n, family=family)
@@ -470,7 +480,8 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     if n_rep:
         units["uncertainty"] = spread_fn(run, family, spec, stats, replicates=n_rep,
                                          prevalence=prevalence,
-                                         seed=int(run.meta.get("seed", 0)))(table)
+                                         seed=int(run.meta.get("seed", 0)),
+                                         progress=progress)(table)
         u = units["uncertainty"].to_numpy()
         unc = {"uncertainty_replicates": n_rep, "uncertainty_median": float(np.median(u)),
                "uncertainty_p95": float(np.percentile(u, 95)),

@@ -157,6 +157,9 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
     L.append("")
     L.append("## Model performance")
     L.append("")
+    if metrics.get("skill_caveat"):
+        L.append(f"**Caveat:** {metrics['skill_caveat']['text']}.")
+        L.append("")
     if kind == "fit":
         L.append("| model | AUC | log-loss | Brier | accuracy |")
         L.append("|---|---|---|---|---|")

@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -35,6 +36,14 @@ STUDY_DB = "study.db"
 SUMMARY = "tune_{model}.json"
 #: Seconds between a running trial's heartbeats in the study database.
 HEARTBEAT_S = 60
+#: SQLite ``application_id`` of a study database lsm created ("LSM1"): a database
+#: without it is not lsm's, and lsm neither adds tables to it nor changes it.
+APPLICATION_ID = 0x4C534D31
+#: Tables optuna keeps in a study database (a study lsm made before it was stamped has
+#: them, and lsm's identity among its study attributes).
+OPTUNA_TABLES = {"studies", "trials", "alembic_version", "study_user_attributes"}
+#: Seconds to wait for another process's lock on the study database.
+LOCK_TIMEOUT_S = 10.0
 
 
 class TuneConfig(BaseModel):
@@ -48,7 +57,8 @@ class TuneConfig(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Stop starting trials after this "
                                   "many seconds.")
     out: Path | None = Field(None, description="Run folder; default runs/tune-<region>-<model>.")
-    seed: int = Field(0, description="Seed of the models (same in every trial) and sampler.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the models (same in every "
+                      "trial) and sampler.")
     factors: list[str] | None = Field(None, description="Factor subset; default all that "
                                       "transfer.")
     norm: Literal["target", "source", "quantile", "none"] = "target"
@@ -139,6 +149,7 @@ def cv_objective(family: str, X: Any, y: np.ndarray, folds: np.ndarray, *, seed:
     from lsm.workflows.fit import make_model
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", _worker())
         params = SPACES[family](trial)
         trial.set_user_attr("params", _plain(params))
         losses: list[float] = []
@@ -155,7 +166,8 @@ def cv_objective(family: str, X: Any, y: np.ndarray, folds: np.ndarray, *, seed:
             trial.set_user_attr("fold_log_loss", losses)
             trial.set_user_attr("fold_auc", aucs)
             trial.report(float(np.mean(losses)), step)
-            if trial.should_prune():
+            # the defaults trial is the baseline of the summary: never pruned
+            if not trial.user_attrs.get("default") and trial.should_prune():
                 raise optuna.TrialPruned()
         fin = [a for a in aucs if math.isfinite(a)]
         trial.set_user_attr("auc", float(np.mean(fin)) if fin else float("nan"))
@@ -175,6 +187,108 @@ def _check_same_study(study: Any, identity: dict[str, Any], db: Path) -> None:
         k = diff[0]
         raise SpecError(f"{db}: the study was run with {k}={have.get(k)!r}, not "
                         f"{identity[k]!r}; use another --out (or the same options) to resume")
+
+
+def check_study_file(db: Path) -> None:
+    """Refuse a study database that is not lsm's, before anything writes to it.
+
+    A missing or empty file becomes a new database stamped with
+    :data:`APPLICATION_ID`.  An existing one is opened read-only: it must be an
+    SQLite database with lsm's stamp, or (studies lsm made before the stamp) optuna's
+    tables holding a study with lsm's identity, which is then stamped.  Anything else
+    (another application's database, a corrupt or locked file, a folder) is refused
+    with one line and left as it was.
+
+    Raises
+    ------
+    SpecError
+        ``db`` is not lsm's study database, or cannot be read.
+    """
+    import sqlite3
+
+    hint = "use another --out (lsm tune keeps its study in its own study.db)"
+    if db.is_symlink():  # lsm writes its study into a plain file of --out, nowhere else
+        raise SpecError(f"{db}: a link, not lsm's study database; {hint}")
+    if db.is_dir() or (db.exists() and not db.is_file()):
+        raise SpecError(f"{db}: not a file; {hint}")
+    if not db.exists() or db.stat().st_size == 0:
+        with contextlib.closing(sqlite3.connect(db, timeout=LOCK_TIMEOUT_S)) as con:
+            con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            con.commit()
+        return
+    with db.open("rb") as fh:
+        head = fh.read(16)
+    if head != b"SQLite format 3\x00":
+        raise SpecError(f"{db}: not an SQLite database (corrupt, or another application's "
+                        f"file); lsm leaves it as it is: {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True,
+                                                timeout=LOCK_TIMEOUT_S)) as con:
+            app = con.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ours = app == APPLICATION_ID
+            if not ours and app == 0 and OPTUNA_TABLES <= tables:
+                ours = con.execute("SELECT count(*) FROM study_user_attributes WHERE "
+                                   "key = 'identity'").fetchone()[0] > 0
+    except sqlite3.Error as err:
+        what = "locked by another process" if "locked" in str(err) else \
+            f"unreadable ({' '.join(str(err).split())})"
+        raise SpecError(f"{db}: the study database is {what}; lsm leaves it as it is") \
+            from None
+    if not ours:
+        owner = f"application id {app:#x}" if app else \
+            (f"tables {', '.join(sorted(tables)[:4])}" if tables else "no tables")
+        raise SpecError(f"{db}: an SQLite database lsm did not create ({owner}); lsm adds "
+                        f"nothing to it: {hint}")
+    if app != APPLICATION_ID:  # a study of an lsm from before the stamp
+        with contextlib.closing(sqlite3.connect(db, timeout=LOCK_TIMEOUT_S)) as con:
+            con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            con.commit()
+
+
+def _worker() -> dict[str, Any]:
+    """Who runs a trial: host and process id (a RUNNING trial whose process is gone is
+    stale)."""
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(worker: Any) -> bool:
+    """True if ``worker`` (see :func:`_worker`) may still be running: a process on
+    another host, or a live one on this host."""
+    import os
+    import socket
+
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
+        return isinstance(worker, dict)  # no record: killed before it started its work
+    try:
+        os.kill(int(worker["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, TypeError, ValueError, KeyError):
+        return True
+    return True
+
+
+def recover_study(study: Any, family: str) -> dict[str, int]:
+    """Mark the study's stale RUNNING trials FAIL; enqueue the defaults trial if the
+    study has no complete (or waiting) one.  Returns what was done."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    failed = 0
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        if not _alive(t.user_attrs.get("worker")):
+            study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+            failed += 1
+    have_default = any(t.user_attrs.get("default") for t in study.get_trials(
+        deepcopy=False, states=(states.COMPLETE, states.WAITING, states.RUNNING)))
+    if not have_default:
+        study.enqueue_trial(DEFAULT_POINTS[family], user_attrs={"default": True})
+    return {"stale_failed": failed, "default_enqueued": int(not have_default)}
 
 
 def run_tune(cfg: TuneConfig) -> dict[str, Any]:
@@ -197,33 +311,43 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     if len(names) > 1:
         raise SpecError(f"--source {cfg.source}: lsm tune takes one region")
     spec = load_region(names[0])
+    out = Path(cfg.out or Path("runs") / f"tune-{spec.name}-{cfg.model}")
+    db = out / STUDY_DB
+    if db.exists() or db.is_symlink():
+        check_study_file(db)  # before the region is loaded: a refusal costs nothing
     factors = cfg.factors or spec.transfer_factor_names
     data = load_region_data(spec, progress=cfg.progress, factors=factors)
     schema = FeatureSchema.from_table(data.table, data.kinds)
     X = train_matrix(data, schema, cfg.norm)
     y = data.table["label"].to_numpy()
     folds = data.table["fold"].to_numpy()
-    out = Path(cfg.out or Path("runs") / f"tune-{spec.name}-{cfg.model}")
     from lsm.workflows.owned import record
     from lsm.workflows.runs import claim_run_dir
 
     out = claim_run_dir(out, kind="tune")  # one process per folder; never a user's folder
-    db = out / STUDY_DB
-    if not db.exists():
+    if not (db.exists() or db.is_symlink()):
         record(out, [STUDY_DB])  # sqlite writes it directly: lsm's before it exists
+    check_study_file(db)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A trial whose process died without a word (SIGKILL, power cut) stays RUNNING in the
     # database; with a heartbeat the next 'lsm tune' on the folder marks it FAIL.
     with warnings.catch_warnings():  # heartbeats are 'experimental' since optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}",
-                                             heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=3 * HEARTBEAT_S)
-    study = optuna.create_study(
-        storage=storage, study_name=f"{spec.name}-{cfg.model}",
-        direction="minimize", load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        try:
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{db.resolve()}", heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                engine_kwargs={"connect_args": {"timeout": LOCK_TIMEOUT_S}})
+            study = optuna.create_study(
+                storage=storage, study_name=f"{spec.name}-{cfg.model}",
+                direction="minimize", load_if_exists=True,
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        except Exception as err:  # sqlalchemy's errors: locked, corrupt, not optuna's
+            storage_err = _storage_error(db, err)
+            if storage_err is None:
+                raise
+            raise storage_err from None
     _check_same_study(study, {"region": spec.name, "model": cfg.model, "norm": cfg.norm,
                               "factors": list(data.kinds), "seed": cfg.seed,
                               "n_rows": int(len(y)), "split": data.split,
@@ -231,8 +355,9 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     n_before = len(study.trials)
     # a resumed study gets a fresh sampler seed, else it would replay its first proposals
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + n_before)
-    if n_before == 0:
-        study.enqueue_trial(DEFAULT_POINTS[cfg.model], user_attrs={"default": True})
+    # trials of a killed 'lsm tune' stay RUNNING: fail them; and a study whose defaults
+    # trial never completed gets it again (the summary always has its defaults row)
+    recover_study(study, cfg.model)
 
     objective = cv_objective(cfg.model, X, y, folds, seed=cfg.seed, device=cfg.device)
     with progress_bar(f"tuning {cfg.model}", cfg.trials, enabled=cfg.progress) as bar:
@@ -252,9 +377,28 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
         try:
             study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout,
                            callbacks=[on_trial], gc_after_trial=True)
-        finally:  # Ctrl-C included: what completed is kept and summarised
-            summary = write_results(study, out, cfg, n_before=n_before)
+        except Exception as err:
+            storage_err = _storage_error(db, err)
+            if storage_err is not None:  # the database cannot be read: nothing to summarise
+                raise storage_err from None
+            write_results(study, out, cfg, n_before=n_before)
+            raise
+        except KeyboardInterrupt:  # what completed is kept and summarised
+            write_results(study, out, cfg, n_before=n_before)
+            raise
+        summary = write_results(study, out, cfg, n_before=n_before)
     return summary
+
+
+def _storage_error(db: Path, err: Exception) -> SpecError | None:
+    """One line for a database error of the study (locked, corrupt, ...), or None when
+    ``err`` is no database error."""
+    names = {c.__name__ for c in type(err).__mro__}
+    if not names & {"OperationalError", "DatabaseError", "SQLAlchemyError"}:
+        return None
+    text = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+    what = "locked by another process" if "locked" in text else f"unusable ({text})"
+    return SpecError(f"{db}: the study database is {what}; use another --out")
 
 
 def write_results(study: Any, out: Path, cfg: TuneConfig, *, n_before: int) -> dict[str, Any]:

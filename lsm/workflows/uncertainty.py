@@ -28,17 +28,23 @@ Example
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lsm.config.run import MAX_REPLICATES
 from lsm.workflows.runs import Run
 
 #: Bootstrap refits of a delivered model by default (a few seconds on tens to
 #: thousands of rows); family models of fit runs get none unless asked.
 DEFAULT_REPLICATES = 10
+#: An estimate of the refits' time is printed (as a note) when more refits than the
+#: default are asked for, or when they will take longer than this many seconds.
+ANNOUNCE_S = 60.0
 DESCRIPTION = "std of P(landslide) across {b} bootstrap refits of the {family} model"
 
 
@@ -52,11 +58,59 @@ def default_replicates(run: Run, family: str) -> int:
     return 0
 
 
-def bootstrap_models(run: Run, family: str, *, replicates: int, seed: int = 0) -> list[Any]:
-    """``replicates`` refits of ``family`` on class-stratified bootstrap resamples."""
+class _Refits:
+    """Counts refits: a progress bar (when on) and, after the first refit, a one-line
+    estimate of the total when it is large (more refits than the default, or long)."""
+
+    def __init__(self, family: str, n: int, rows: int, progress: bool) -> None:
+        self.family, self.n, self.rows, self.progress = family, n, rows, progress
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> _Refits:
+        from lsm.workflows.progress import progress_bar
+
+        self._cm = progress_bar(f"uncertainty: {self.n} refits of {self.family}", self.n,
+                                enabled=self.progress)
+        self.bar = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+    def tick(self) -> None:
+        self.done += 1
+        self.bar.advance()
+        if self.done == 1 and self.n > 1:
+            first = time.perf_counter() - self.start
+            total = first * self.n
+            if self.n > DEFAULT_REPLICATES or total > ANNOUNCE_S:
+                warnings.warn(f"uncertainty layer: {self.n} bootstrap refits of the "
+                              f"{self.family} model on {self.rows} rows; the first took "
+                              f"{_duration(first)}, so about {_duration(total)} in all "
+                              "(--uncertainty N sets N, 0 turns the layer off)",
+                              UserWarning, stacklevel=4)
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.1f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def bootstrap_models(run: Run, family: str, *, replicates: int, seed: int = 0,
+                     progress: bool = False) -> list[Any]:
+    """``replicates`` refits of ``family`` on class-stratified bootstrap resamples.
+
+    A progress bar counts them (with ``progress``); when there are more than
+    :data:`DEFAULT_REPLICATES` or they will take over :data:`ANNOUNCE_S` seconds, a
+    warning after the first refit says how long all of them will take.
+    """
     rng = np.random.default_rng(seed)
     if family == run.meta.get("delivered") and "delivered_fit" in run.meta:
-        return _delivered_refits(run, replicates, rng, seed)
+        return _delivered_refits(run, replicates, rng, seed, progress)
     if run.meta.get("kind") != "fit":
         from lsm.errors import SpecError
 
@@ -69,9 +123,12 @@ def bootstrap_models(run: Run, family: str, *, replicates: int, seed: int = 0) -
     X = run_matrix(run, table, run.schema)
     y = table["label"].to_numpy()
     out = []
-    for b in range(replicates):
-        idx = _resample(y, rng)
-        out.append(make_model(family, seed=seed + b, device="cpu").fit(X.iloc[idx], y[idx]))
+    with _Refits(family, replicates, len(y), progress) as count:
+        for b in range(replicates):
+            idx = _resample(y, rng)
+            out.append(make_model(family, seed=seed + b, device="cpu").fit(X.iloc[idx],
+                                                                           y[idx]))
+            count.tick()
     return out
 
 
@@ -83,7 +140,7 @@ def _resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _delivered_refits(run: Run, replicates: int, rng: np.random.Generator,
-                      seed: int) -> list[Any]:
+                      seed: int, progress: bool = False) -> list[Any]:
     from lsm.transfer.select import Context, Strategy, build, make_batch
     from lsm.workflows.finetune import _make_target, _rebase
 
@@ -106,10 +163,12 @@ def _delivered_refits(run: Run, replicates: int, rng: np.random.Generator,
     batch = make_batch(sources, rows, neutral=info.get("neutral") or [])
     prev = float(info.get("prevalence", 0.5))
     out = []
-    for b in range(replicates):
-        idx = _resample(y, rng)
-        ctx.seed = seed + b
-        out.append(_rebase(build(strategy, batch.take(idx), y[idx], ctx), prev))
+    with _Refits(run.meta["delivered"], replicates, len(y), progress) as count:
+        for b in range(replicates):
+            idx = _resample(y, rng)
+            ctx.seed = seed + b
+            out.append(_rebase(build(strategy, batch.take(idx), y[idx], ctx), prev))
+            count.tick()
     return out
 
 
@@ -131,8 +190,8 @@ def _sources(run: Run, strategy: Any) -> dict[str, Any]:
 
 
 def spread_fn(run: Run, family: str, spec: Any, region_stats: dict[str, Any], *,
-              replicates: int, prevalence: float | None = None, seed: int = 0
-              ) -> Callable[[pd.DataFrame], np.ndarray]:
+              replicates: int, prevalence: float | None = None, seed: int = 0,
+              progress: bool = False) -> Callable[[pd.DataFrame], np.ndarray]:
     """A row-wise ``table of raw factor values -> std of P`` over bootstrap refits.
 
     The design matrix is built once per block and shared by the refits; each
@@ -142,7 +201,8 @@ def spread_fn(run: Run, family: str, spec: Any, region_stats: dict[str, Any], *,
     from lsm.stack.features import design_matrix
     from lsm.transfer.prior import prior_shift
 
-    models = bootstrap_models(run, family, replicates=replicates, seed=seed)
+    models = bootstrap_models(run, family, replicates=replicates, seed=seed,
+                              progress=progress)
     source_stats = run.meta.get("source_stats") or run.stats
     train_prev = float(run.meta.get("training_prevalence", 0.5))
     prevalence = prevalence if prevalence is not None else run.meta.get("prevalence")
@@ -161,9 +221,16 @@ def spread_fn(run: Run, family: str, spec: Any, region_stats: dict[str, Any], *,
 
 def resolve_replicates(run: Run, family: str, replicates: int | None) -> int:
     """``replicates`` if given (0 turns the layer off), else the default for ``family``."""
+    from lsm.errors import SpecError
+
+    if replicates is not None and (isinstance(replicates, bool) or
+                                   not float(replicates).is_integer()):
+        raise SpecError(f"uncertainty: {replicates!r} is not a whole number of bootstrap "
+                        "refits")
     n = default_replicates(run, family) if replicates is None else int(replicates)
     if n == 1 or n < 0:
-        from lsm.errors import SpecError
-
         raise SpecError(f"uncertainty: {n} bootstrap refits; give 0 (none) or at least 2")
+    if n > MAX_REPLICATES:
+        raise SpecError(f"uncertainty: {n} bootstrap refits is more than the cap of "
+                        f"{MAX_REPLICATES} (each one refits the model)")
     return n
