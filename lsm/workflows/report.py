@@ -89,6 +89,8 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
         "log_loss_prior_corrected" in s for a in models.values() for s in a.values()) else None
     cols = ["model", "arm", "AUC", "log-loss"] + (["log-loss (prior-corr.)"] if extra else []) \
         + ["Brier", "accuracy"]
+    # one repeat: a value, no spread (a ± 0.000 would read as certainty)
+    one = metrics.get("mode") != "production" and metrics.get("repeats") == 1
     if metrics.get("mode") == "production":
         title = (f"{metrics['source_region']} -> {metrics['target']}: every labelled point "
                  f"({metrics['n']}, {metrics['n_landslides']} landslides); skill by "
@@ -97,7 +99,7 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
         title = (f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} "
                  f"shots, {metrics['repeats']} repeats, test {metrics['test_size']} points "
                  f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)")
-    t = Table(*cols, title=title)
+    t = Table(*cols, title=title.replace(" (mean ± std)", "") if one else title)
     for fam, arms in models.items():
         best_auc = max(arms, key=lambda a: arms[a]["auc"]["mean"])
         best_ll = min(arms, key=lambda a: arms[a]["log_loss"]["mean"])
@@ -106,7 +108,7 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
             def cell(k: str, best: str | None = None, s: dict = s, arm: str = arm) -> str:
                 if k not in s:
                     return ""
-                txt = f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                txt = f"{s[k]['mean']:.3f}" if one else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
                 return f"[bold green]{txt}[/]" if best == arm else txt
             row = [fam if arm == names[0] else "", arm, cell("auc", best_auc),
                    cell("log_loss", best_ll)]
@@ -121,14 +123,23 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
             continue
         a, ll = d.get("auc"), d.get(extra or "log_loss")
         if a and ll:
+            if one:
+                console.print(f"paired {key} (one repeat, no interval): AUC "
+                              f"{a['mean_diff']:+.3f}; {'prior-corr. ' if extra else ''}"
+                              f"log-loss {ll['mean_diff']:+.3f}")
+                continue
             console.print(f"paired {key}: AUC {a['mean_diff']:+.3f} [{a['ci95_low']:+.3f}, "
                           f"{a['ci95_high']:+.3f}], wins {a['win_rate']:.0%}; "
                           f"{'prior-corr. ' if extra else ''}log-loss {ll['mean_diff']:+.3f} "
                           f"[{ll['ci95_low']:+.3f}, {ll['ci95_high']:+.3f}]")
-    from lsm.workflows.verdict import skill_check, verdict_line, verdicts
+    from lsm.workflows.verdict import beaten_by, skill_check, verdict_line, verdicts
 
-    for v in metrics.get("verdicts") or verdicts(metrics):
+    # recomputed from the metrics: the lines of runs written before them say the same
+    for v in verdicts(metrics):
         console.print(verdict_line(v), soft_wrap=True, markup=False)
+    beaten = beaten_by(metrics)
+    if beaten:
+        console.print(f"best arm: {beaten}", soft_wrap=True, markup=False)
     skill = metrics.get("skill") or skill_check(metrics)
     if skill.get("near_chance"):
         console.print(f"[bold red]warning:[/] {skill['message']}", soft_wrap=True)
