@@ -48,17 +48,22 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
 
 
 def map_summary(maps: dict[str, Any]) -> str:
-    """One line naming what a map set (raster or units) wrote."""
+    """One line naming what a map set (raster or units) wrote, and lines saying which base
+    rate its probabilities carry and what its zone table counts."""
     unc = (f"; uncertainty: std of P over {maps['uncertainty_replicates']} bootstrap refits"
            if maps.get("uncertainty_replicates") else "")
+    # what the numbers carry: the base rate of P and what the zone table counts
+    extra = "".join(f"\n  {what}: {(maps.get(key) or {}).get('text')}" for key, what in
+                    (("base_rate", "probabilities"), ("zone_rates", "zone table"))
+                    if (maps.get(key) or {}).get("text"))
     if maps.get("kind") == "units":
         files = ", ".join(Path(maps[k]).suffix[1:] for k in ("table", "csv", "gpkg")
                           if k in maps)
         return (f"unit predictions -> {Path(maps['table']).parent}/ ({maps['family']}: "
-                f"probability and zone per unit, {files}{unc})")
+                f"probability and zone per unit, {files}{unc}){extra}")
     zones = "zones withheld (no skill), " if maps.get("zones_withheld") else "zones GeoTIFF, "
     return (f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
-            f"{zones}PNG quick-looks{unc})")
+            f"{zones}PNG quick-looks{unc}){extra}")
 
 
 def source_models(run: Run) -> dict[str, Any] | None:
@@ -106,9 +111,10 @@ def evaluation_figures(run: Run) -> dict[str, str]:
 
         path = checked_file(run, "test_predictions")
         if path is not None:
-            from lsm.workflows.finetune import PIXEL_COLUMNS
+            from lsm.workflows.finetune import PIXEL_COLUMNS, UNIT_COLUMN
 
-            preds = pd.read_parquet(path).drop(columns=list(PIXEL_COLUMNS), errors="ignore")
+            preds = pd.read_parquet(path).drop(columns=[*PIXEL_COLUMNS, UNIT_COLUMN],
+                                               errors="ignore")
             y = preds.pop("label").to_numpy()
             curves = {c: (y, preds[c].to_numpy()) for c in preds.columns
                       if np.isfinite(preds[c]).all()}

@@ -159,3 +159,38 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
     secs = ", ".join(f"{f} {v:.2f}s" for f, v in metrics.get("seconds_per_repeat", {}).items())
     if secs:
         console.print(f"time per repeat: {secs}")
+
+
+def zone_table(records: list[dict[str, Any]], rates: dict[str, Any] | None, *,
+               units: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a zone table, the same on the console and in the report.
+
+    The landslide columns say what they measure (``rates``: :func:`lsm.workflows.predict.
+    zone_rates`): held-out landslides (a prediction rate, the skill) first, and every
+    landslide, training ones included, labelled as a success rate.
+    """
+    area = "units" if units else "area"
+    basis = (rates or {}).get("basis")
+
+    def cnt(z: dict[str, Any], n: str, share: str) -> str:
+        v = z.get(share)
+        return f"{z[n]} ({v:.1%})" if isinstance(v, float) and v == v else f"{z[n]}"
+
+    def ratio(z: dict[str, Any], key: str) -> str:
+        v = z.get(key)
+        return f"{v:.2f}" if isinstance(v, float) and v == v else "-"
+
+    if basis == "prediction" and (rates or {}).get("n_seen"):
+        head = ["zone", area, "held-out landslides (prediction rate)", "density ratio",
+                "all landslides (success rate)", "density ratio (all)"]
+        rows = [[z["name"], f"{z['area_share']:.1%}", cnt(z, "n_heldout", "heldout_share"),
+                 ratio(z, "heldout_density_ratio"), cnt(z, "n_landslides", "landslide_share"),
+                 ratio(z, "density_ratio")] for z in records]
+        return head, rows
+    what = {"prediction": "held-out landslides (prediction rate)",
+            "success": "landslides trained on (success rate)"}.get(
+        str(basis), "landslides (seen and held-out not told apart)")
+    head = ["zone", area, what, "density ratio"]
+    rows = [[z["name"], f"{z['area_share']:.1%}", cnt(z, "n_landslides", "landslide_share"),
+             ratio(z, "density_ratio")] for z in records]
+    return head, rows

@@ -236,7 +236,9 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
                 L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
                          f"`{_rel(maps['zones'], base)}`; {thresholds}.")
         L.append(f"- Model: {map_provenance(meta, metrics, maps['family'])}")
-        if maps.get("prevalence"):
+        if maps.get("base_rate"):
+            L.append(f"- Base rate: {maps['base_rate']['text']}.")
+        elif maps.get("prevalence"):
             L.append(f"- Probabilities corrected to a landslide prevalence of "
                      f"{maps['prevalence']:.3%}.")
         if maps.get("uncertainty_replicates"):
@@ -255,12 +257,15 @@ def write_report(run: Run, outputs: dict[str, Any]) -> Path:
                 L.append(f"![uncertainty]({_rel(maps['uncertainty_png'], base)})")
             L.append("")
         if maps["zone_statistics"]:
-            L.append(f"| zone | {'unit' if units else 'area'} share | landslides | landslide "
-                     "share | density ratio |")
-            L.append("|---|---|---|---|---|")
-            for z in maps["zone_statistics"]:
-                L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
-                         f"{z['landslide_share']:.1%} | {z['density_ratio']:.2f} |")
+            from lsm.workflows.report import zone_table
+
+            rates = maps.get("zone_rates") or {}
+            head, rows = zone_table(maps["zone_statistics"], rates, units=units)
+            if rates.get("text"):
+                L += [f"Zone table: {rates['text']}.", ""]
+            L.append("| " + " | ".join(head) + " |")
+            L.append("|" + "---|" * len(head))
+            L += ["| " + " | ".join(r) + " |" for r in rows]
             L.append("")
         if "rates" in maps:
             L.append(f"![rate curves]({_rel(maps['rates'], base)})")

@@ -291,7 +291,8 @@ def beaten_by(metrics: dict[str, Any]) -> str | None:
         cands.append((t["auc"], t["family"], "target-only fit"))
     if not cands:
         return None
-    auc, row, arm = max(cands)
+    # on a tie a family's own arm, not the lsm row's copy of it
+    auc, row, arm = max(cands, key=lambda c: (c[0], c[1] != "lsm"))
     if round(auc, 3) <= round(d, 3):
         return None
     name = f"{'lsm (family chosen on the shots)' if row == 'lsm' else row} {arm}"
