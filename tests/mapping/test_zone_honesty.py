@@ -167,3 +167,66 @@ def test_table_region_with_a_known_landslide_share_gets_corrected_probabilities(
     assert corr["probability"].mean() < raw["probability"].mean()
     # the ranking (and the quantile zones) do not change
     assert (corr["zone"] == raw["zone"]).all()
+
+
+def _captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    from lsm.evaluate import figures
+
+    figs: list = []
+    real = figures.save_figure
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        figs.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    return figs
+
+
+def test_reliability_figure_shows_delivered_and_best_other_with_counts_outside_legend(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's figure: 9 curves from 107 points, legend over the data, P of an imbalanced
+    target drawn at the 50 % base rate of the shots."""
+    from lsm.evaluate.figures import plot_reliability
+    from lsm.transfer.prior import prior_shift
+    from lsm.workflows.outputs import _reliability_curves
+
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=400) < 0.05).astype(int)
+    curves = {"delivered (map model)": (y, np.clip(0.3 + 0.4 * y + rng.normal(0, .1, 400),
+                                                   0.01, 0.99))}
+    for i in range(8):
+        curves[f"fam{i} stage2"] = (y, np.clip(0.5 + (0.05 * i) * (2 * y - 1)
+                                               + rng.normal(0, .1, 400), 0.01, 0.99))
+    metrics = {"mode": "study", "prevalence": None, "pool_prevalence": 0.05}
+    rel, note = _reliability_curves(curves, metrics)
+    assert len(rel) == 2
+    assert list(rel)[0] == "delivered (map model)"
+    assert list(rel)[1] == "fam7 stage2 (best other by log-loss here)"
+    np.testing.assert_allclose(rel["delivered (map model)"][1],
+                               prior_shift(curves["delivered (map model)"][1], 0.5, 0.05))
+    assert "5.0%" in note and "not the test labels" in note
+    figs = _captured_figures(monkeypatch)
+    plot_reliability(rel, tmp_path / "rel.png", "t", note=note)
+    fig = figs[-1]
+    ax = fig.axes[0]
+    assert ax.get_legend() is None and len(fig.legends) == 1  # legend off the axes
+    counts = [t.get_text() for t in ax.texts]
+    assert counts and all(c.isdigit() for c in counts)  # points per bin on every marker
+    assert sum(int(c) for c in counts) == 2 * 400
+
+
+def test_arms_figure_has_no_na_labels_for_arms_a_row_does_not_have(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lsm.evaluate.figures import plot_arms
+
+    s = {"auc": {"mean": 0.8, "std": 0.0}, "log_loss": {"mean": 0.5, "std": 0.0}}
+    m = {"repeats": 1, "models": {"lr": {"source_only": s, "target_only": s, "stage1": s,
+                                         "stage2": s},
+                                  "lsm": {"source_only": s, "target_only": s,
+                                          "delivered": s}}}
+    figs = _captured_figures(monkeypatch)
+    plot_arms(m, tmp_path / "arms.png")
+    fig = figs[-1]
+    assert not [t for ax in fig.axes for t in ax.texts if t.get_text() == "n/a"]
+    assert "one repeat, no spread" in fig._suptitle.get_text()
