@@ -257,8 +257,11 @@ def plot_reliability(curves: Mapping[str, tuple[Any, Any]], path: PathLike,
             ax.plot(used["mean_predicted"], used["observed"], marker="o", ms=5, lw=1.8,
                     **style, label=f"{label} (Brier {brier:.3f})")
             for x_, y_, n_ in zip(used["mean_predicted"], used["observed"], used["count"]):
+                # first curve's counts above-left of its markers, the second's below-right
                 ax.annotate(f"{int(n_)}", (x_, y_), textcoords="offset points",
-                            xytext=(0, 7 if i % 2 == 0 else -13), ha="center", fontsize=9,
+                            xytext=(-5, 6) if i % 2 == 0 else (5, -8),
+                            ha="right" if i % 2 == 0 else "left",
+                            va="bottom" if i % 2 == 0 else "top", fontsize=9,
                             color=style["color"])
             axh.bar(edges[:-1] + width * (i + 0.75), t["count"].to_numpy(), width=width,
                     color=style["color"], alpha=0.85, align="center")
