@@ -97,7 +97,8 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
                  f"{metrics['split']} (mean ± std over folds)")
     else:
         title = (f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} "
-                 f"shots, {metrics['repeats']} repeats, test {metrics['test_size']} points "
+                 f"shots, {metrics['repeats']} repeat{'' if one else 's'}, test "
+                 f"{metrics['test_size']} points "
                  f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)")
     t = Table(*cols, title=title.replace(" (mean ± std)", "") if one else title)
     for fam, arms in models.items():

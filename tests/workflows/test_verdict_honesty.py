@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from lsm.cli import main
+from lsm.workflows import verdict as V
 from lsm.workflows.report import print_finetune_metrics
 from lsm.workflows.report_md import _verdict_section
-from lsm.workflows.verdict import beaten_by, verdict_line, verdicts
+from lsm.workflows.verdict import verdict_line, verdicts
 
 NAN = float("nan")
 
@@ -81,7 +82,7 @@ def test_old_stored_verdicts_are_reworded_from_their_intervals() -> None:
 
 def test_the_best_arm_is_named_when_it_is_not_the_delivered_one() -> None:
     m = _study()
-    msg = beaten_by(m)
+    msg = V.beaten_by(m)
     assert msg is not None and msg.startswith("lr target_only 0.771 beat delivered 0.749 "
                                               "on this test set")
     con = _console()
@@ -91,7 +92,7 @@ def test_the_best_arm_is_named_when_it_is_not_the_delivered_one() -> None:
     assert "lr target_only 0.771 beat delivered 0.749" in "\n".join(_verdict_section(m))
     # the delivered model best: nothing to name
     m["models"]["lsm"]["delivered"] = _s(0.80)
-    assert beaten_by(m) is None
+    assert V.beaten_by(m) is None
 
 
 def _production(with_fit: bool) -> dict:
