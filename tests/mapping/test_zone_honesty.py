@@ -230,3 +230,60 @@ def test_arms_figure_has_no_na_labels_for_arms_a_row_does_not_have(
     fig = figs[-1]
     assert not [t for ax in fig.axes for t in ax.texts if t.get_text() == "n/a"]
     assert "one repeat, no spread" in fig._suptitle.get_text()
+
+
+# ---------------------------------------------------------------- real data (skipped when
+# ../shared/data is absent)
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+@pytest.fixture(scope="module")
+def real_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not available: {SHARED_DATA} does not exist")
+    out = tmp_path_factory.mktemp("real") / "hk"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LSM_DATA_DIR", str(SHARED_DATA))
+        assert main(["fit", "--source", "hongkong", "--model", "lr", "--out", str(out),
+                     "--no-cv", "--no-explain", "--no-predict", "-q"]) == 0
+    return out
+
+
+def _real_finetune(src: Path, target: str, out: Path, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    monkeypatch.setenv("LSM_DATA_DIR", str(SHARED_DATA))
+    capsys.readouterr()
+    assert main(["finetune", "--target", target, "--from", str(src), "--shots", "50",
+                 "--repeats", "2", "--out", str(out), "--no-explain"]) == 0
+    return _zones_json(out), " ".join(capsys.readouterr().out.split())
+
+
+def test_real_ecuador_zone_table_counts_only_held_out_landslides_as_skill(
+        real_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Hong Kong -> Ecuador, K = 50: the delivered map model trained on 123 of the 175
+    landslides; the issue's table counted all 175 as if they were skill."""
+    z, con = _real_finetune(real_source, "ecuador", tmp_path / "ec", monkeypatch, capsys)
+    rates = z["zone_rates"]
+    assert rates["basis"] == "prediction"
+    assert rates["n_heldout"] + rates["n_seen"] == 175
+    assert rates["n_seen"] == z["n_seen_landslides"] == 123
+    table = pd.DataFrame(z["zone_statistics"])
+    assert table["n_heldout"].sum() == rates["n_heldout"] == 52
+    assert "52 held-out landslide pixels the map model never saw" in con
+    assert "P assumes a 50% landslide share" in con
+    report = (tmp_path / "ec" / "report.md").read_text()
+    assert "held-out landslides (prediction rate)" in report
+
+
+def test_real_yushan_units_carry_the_table_landslide_share(
+        real_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Yushan: 2.3 % of units are landslides; the issue saw a mean unit P of 0.345."""
+    z, con = _real_finetune(real_source, "jiangxi-yushan", tmp_path / "yu", monkeypatch,
+                            capsys)
+    assert z["base_rate"]["source"] == "table"
+    assert z["base_rate"]["carried"] == pytest.approx(175 / 7598)
+    units = pd.read_parquet(next((tmp_path / "yu" / "maps").glob("*_units.parquet")))
+    assert units["probability"].mean() < 0.05
+    assert "P corrected to 2.3%, the table's landslide share (175 of 7,598 units)" in con
+    assert z["zone_rates"]["n_heldout"] > 0 and z["zone_rates"]["n_seen"] > 0
