@@ -98,7 +98,10 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     elev = data.stack["elevation"] if "elevation" in data.stack else None
     png_p = quicklook_png(prob_disk, out / f"{stem}_probability.png", kind="probability",
                           hillshade_from=elev, points=pts,
-                          title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)")
+                          title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)"
+                          f"\nP at a {_pct(rate['carried'])} landslide share"
+                          + (" (--prevalence)" if rate["prevalence"] is not None else
+                             " (training points); --prevalence sets the region's"))
     withheld = zones_withheld(run, force_zones)
     zone_files: dict[str, Any] = {"zones_withheld": withheld}
     cuts: list[float] = []
