@@ -169,7 +169,7 @@ def _reliability_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]],
         return float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
 
     others = [c for c in names if c != main]
-    chosen = {f"{main} (delivered)" if not main.startswith("delivered") else main:
+    chosen = {f"{main} (mapped model)" if not main.startswith("delivered") else main:
               curves[main]}
     if others:
         best = min(others, key=loss)

@@ -523,7 +523,8 @@ def _skill_text(run: Run, family: str) -> str | None:
         return None
     if run.meta.get("kind") == "fit":
         s = ((m.get("cv") or {}).get(family) or {}).get("summary", {}).get("auc")
-        return f"spatial-CV AUC {s['mean']:.3f} ({m.get('split', '')} folds)" if s else None
+        return (f"{m.get('n_folds', '?')}-fold {m.get('split', '')} cross-validation AUC "
+                f"{s['mean']:.3f}" if s else None)
     if m.get("mode") == "production":
         s = ((m.get("models") or {}).get("lsm") or {}).get("delivered", {}).get("auc")
         return f"nested-CV AUC {s['mean']:.3f} ({m.get('split')})" if s else None
