@@ -125,11 +125,15 @@ class MapResult:
     thresholds : list of float
         The four zone thresholds.
     zone_statistics : pandas.DataFrame
-        Area (or unit) share, landslides and density ratio per zone.
+        Area (or unit) share, landslides and density ratio per zone; ``n_heldout``,
+        ``heldout_share``, ``heldout_density_ratio`` count only the landslides the map
+        model never saw (a prediction rate), ``n_seen``... those it was trained on (a
+        success rate); ``details["zone_rates"]`` says which the table is.
     report : pathlib.Path or None
         The run's report, rewritten when the maps went into the run folder.
     details : dict
-        Everything the workflow returned (rate-curve AUCs, uncertainty summary, ...).
+        Everything the workflow returned (rate-curve AUCs, uncertainty summary,
+        ``base_rate``: the landslide share the probabilities carry, ...).
     """
 
     region: str

@@ -502,14 +502,19 @@ def predict(
     con = _console()
     if res.report is not None:
         con.print(f"report -> {res.report}")
+    from lsm.workflows.report import zone_table
+
     units = "table" in res.files
-    t = Table("zone", "units" if units else "area", "landslides", "density ratio",
-              title=f"{res.region} ({res.model}): landslide density per zone")
-    for z in res.zone_statistics.to_dict(orient="records"):
-        t.add_row(z["name"], f"{z['area_share']:.1%}", f"{z['landslide_share']:.1%}",
-                  f"{z['density_ratio']:.2f}")
+    rates = res.details.get("zone_rates") or {}
+    head, rows = zone_table(res.zone_statistics.to_dict(orient="records"), rates, units=units)
+    t = Table(*head, title=f"{res.region} ({res.model}): landslide density per zone",
+              caption=rates.get("text") or None)
+    for row in rows:
+        t.add_row(*row)
     if len(res.zone_statistics):
         con.print(t)
+    if res.details.get("base_rate"):
+        con.print(f"probabilities: {res.details['base_rate']['text']}", soft_wrap=True)
     for k, p in res.files.items():
         con.print(f"{k}: {p}")
 

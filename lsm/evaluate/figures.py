@@ -212,8 +212,14 @@ def plot_rate_curves(success: Sequence[Any] | None, prediction: Sequence[Any] | 
 
 
 def plot_reliability(curves: Mapping[str, tuple[Any, Any]], path: PathLike,
-                     title: str = "Reliability", *, n_bins: int = 10) -> Path:
-    """Reliability diagram (observed vs predicted per bin) over a histogram of forecasts.
+                     title: str = "Reliability", *, n_bins: int = 10,
+                     note: str | None = None) -> Path:
+    """Reliability diagram (observed vs predicted per bin) over the counts per bin.
+
+    Meant for one or two forecasts (the delivered model and the best baseline): each bin's
+    point is labelled with its number of test points, so a reader sees which points rest
+    on a handful; the lower panel shows the same counts as bars.  The legend sits below
+    the axes, off the data.
 
     Parameters
     ----------
@@ -225,36 +231,55 @@ def plot_reliability(curves: Mapping[str, tuple[Any, Any]], path: PathLike,
         Figure title.
     n_bins
         Equal-width probability bins.
+    note
+        A second title line (e.g. the base rate the probabilities carry).
 
     Example
     -------
     >>> plot_reliability({"xgb": (y, p)}, "reliability.png")   # doctest: +SKIP
     """
-    with new_figure(path, nrows=2, sharex=True,
+    k = max(len(curves), 1)
+    with new_figure(path, figsize=(7.0, 6.2), nrows=2, sharex=True,
                     gridspec_kw={"height_ratios": [3, 1.2]}) as (fig, (ax, axh)):
         ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.5", label="perfect calibration")
         edges = np.linspace(0, 1, n_bins + 1)
+        width = (edges[1] - edges[0]) / (k + 0.5)
+        n_total = 0
         for i, (label, (y, p)) in enumerate(curves.items()):
             t = reliability(y, p, n_bins=n_bins)
             used = t[t["count"] > 0]
             yy = np.asarray(y, dtype="float64").ravel()
             pp = np.asarray(p, dtype="float64").ravel()
             ok = np.isfinite(pp) & np.isfinite(yy)
+            n_total = max(n_total, int(ok.sum()))
             brier = float(np.mean((pp[ok] - yy[ok]) ** 2)) if ok.any() else float("nan")
             style = _line(i)
             ax.plot(used["mean_predicted"], used["observed"], marker="o", ms=5, lw=1.8,
                     **style, label=f"{label} (Brier {brier:.3f})")
-            axh.stairs(t["count"].to_numpy(), edges, color=style["color"],
-                       linestyle=style["ls"], lw=1.6)
+            for x_, y_, n_ in zip(used["mean_predicted"], used["observed"], used["count"]):
+                # first curve's counts above-left of its markers, the second's below-right
+                ax.annotate(f"{int(n_)}", (x_, y_), textcoords="offset points",
+                            xytext=(-5, 6) if i % 2 == 0 else (5, -8),
+                            ha="right" if i % 2 == 0 else "left",
+                            va="bottom" if i % 2 == 0 else "top", fontsize=9,
+                            color=style["color"])
+            axh.bar(edges[:-1] + width * (i + 0.75), t["count"].to_numpy(), width=width,
+                    color=style["color"], alpha=0.85, align="center")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
+        ax.set_ylim(-0.03, 1.06)
         ax.set_ylabel("observed landslide share")
-        ax.set_title(title)
-        ax.legend(loc="upper left", frameon=True)
+        if note:
+            import textwrap
+
+            title += "\n" + textwrap.fill(note, 78)
+        ax.set_title(title, fontsize=10)
         axh.set_yscale("log")
         axh.set_ylim(bottom=0.8)
-        axh.set_ylabel("count")
-        axh.set_xlabel("predicted P(landslide), per bin")
+        axh.set_ylabel("points per bin")
+        axh.set_xlabel(f"predicted P(landslide), {n_bins} equal bins "
+                       f"(numbers: points per bin, of {n_total})")
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=1, frameon=False)
     return Path(path)
 
 
@@ -304,9 +329,11 @@ def plot_arms(metrics: Mapping[str, Any], path: PathLike, title: str | None = No
             title += f": {metrics['source_region']} \u2192 {metrics['target']}"
         if metrics.get("shots") is not None:
             details.append(f"{metrics['shots']} shots per class")
+    one = metrics.get("repeats") == 1 and metrics.get("mode") != "production"
     over = f" over {metrics['repeats']} repeats" if metrics.get("repeats") is not None else ""
-    details.append(f"bars: mean, whiskers: \u00b1 1 std{over}")
-    title += "\n" + "; ".join(details)
+    details.append("bars: one repeat, no spread" if one else
+                   f"bars: mean, whiskers: \u00b1 1 std{over}")
+    title += "\n" + "; ".join(details) + "\nno bar: the arm does not exist for that row"
     n = len(metric_names)
     with new_figure(path, figsize=(max(7.0, 3.6 * n), 5.0), ncols=n,
                     squeeze=False) as (fig, axes):
@@ -320,14 +347,18 @@ def plot_arms(metrics: Mapping[str, Any], path: PathLike, title: str | None = No
                                  for f in families], dtype="float64")
                 std = np.array([models[f].get(arm, {}).get(name, {}).get("std", np.nan)
                                 for f in families], dtype="float64")
-                std = np.where(np.isfinite(std), std, 0.0)
+                std = np.where(np.isfinite(std) & ~one, std, 0.0)
                 pos = x - 0.4 + width * (j + 0.5)
-                ax.bar(pos, np.nan_to_num(mean), width * 0.92, yerr=std, capsize=2.5,
+                fin = np.isfinite(mean)  # no zero-height bar (and whisker) for a gap
+                ax.bar(pos[fin], mean[fin], width * 0.92, yerr=std[fin], capsize=2.5,
                        color=ARM_COLORS.get(arm, _colour(j)), edgecolor="white", lw=0.5,
                        error_kw={"lw": 1, "ecolor": "0.2"},
                        label=ARM_LABELS.get(arm, arm))
-                for px, m in zip(pos, mean):
-                    if not np.isfinite(m):
+                for px, m, f in zip(pos, mean, families):
+                    # "n/a" only where the arm exists but has no value; an arm a row does
+                    # not have by design (stage 1 of the delivered row) gets no bar and
+                    # no label (the labels of neighbouring bars overlapped)
+                    if not np.isfinite(m) and arm in models[f]:
                         ax.text(px, 0.02, "n/a", rotation=90, ha="center", va="bottom",
                                 fontsize=9, transform=ax.get_xaxis_transform())
                 fin = np.isfinite(mean)

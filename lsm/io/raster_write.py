@@ -70,6 +70,8 @@ def write_probability_cog(
     blocksize: int = 512,
     compress: str = "deflate",
     overview_count: int | None = None,
+    base_rate: str | None = None,
+    prevalence: float | None = None,
 ) -> Delayed | None:
     """Write a probability raster as a float32 Cloud-Optimized GeoTIFF.
 
@@ -91,6 +93,12 @@ def write_probability_cog(
     overview_count
         Number of overview levels (2, 4, 8, ...).  ``None`` lets GDAL add
         levels until the smallest fits in one tile.
+    base_rate
+        What landslide share the probabilities assume (e.g. "P assumes a 50 % landslide
+        share (balanced training points)"): appended to the band description and kept
+        as tag ``BASE_RATE``.
+    prevalence
+        That share as a number (tag ``PREVALENCE``).
 
     Returns
     -------
@@ -100,8 +108,14 @@ def write_probability_cog(
     -------
     >>> write_probability_cog(prob, "susceptibility.tif")              # doctest: +SKIP
     """
-    return write_value_cog(da, path, description="P(landslide)", units="probability",
-                           tags={"QUANTITY": "P(landslide)"}, compute=compute,
+    tags = {"QUANTITY": "P(landslide)"}
+    if base_rate:
+        tags["BASE_RATE"] = base_rate
+    if prevalence is not None:
+        tags["PREVALENCE"] = repr(float(prevalence))
+    description = f"P(landslide); {base_rate}" if base_rate else "P(landslide)"
+    return write_value_cog(da, path, description=description, units="probability",
+                           tags=tags, compute=compute,
                            blocksize=blocksize, compress=compress,
                            overview_count=overview_count)
 

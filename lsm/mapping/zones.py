@@ -209,8 +209,17 @@ def zone_statistics(
     zones: np.ndarray | xr.DataArray,
     landslide_rows: Sequence[int] | np.ndarray,
     landslide_cols: Sequence[int] | np.ndarray,
+    *,
+    seen: Sequence[bool] | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Area and landslide shares per zone (the frequency-ratio table).
+
+    With ``seen`` (one flag per landslide: the map model was trained on it) the table
+    also splits the landslides (:func:`split_seen`): ``n_heldout``, ``heldout_share``
+    and ``heldout_density_ratio`` count only the landslides the model never saw (a
+    prediction rate: skill); ``n_seen``, ``seen_share`` and ``seen_density_ratio``
+    those it was trained on (a success rate: fit, not skill).  The plain columns count
+    every landslide, seen ones included.
 
     Parameters
     ----------
@@ -243,6 +252,9 @@ def zone_statistics(
         raise ValueError(
             f"landslide_rows and landslide_cols differ in length: {rows.size} vs {cols.size}"
         )
+    flags = None if seen is None else np.asarray(seen, dtype=bool).reshape(-1)
+    if flags is not None and flags.shape != rows.shape:
+        raise ValueError(f"seen has {flags.size} flags for {rows.size} landslides")
     ny, nx = data.shape
     inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
     rows, cols = rows[inside], cols[inside]
@@ -257,18 +269,21 @@ def zone_statistics(
         at_points = data[rows, cols]
     n_pixels = np.asarray(pixel_counts, dtype=np.int64)
     at_points = np.asarray(at_points)
-    n_slides = np.array(
-        [(at_points == k).sum() for k in range(1, N_ZONES + 1)], dtype=np.int64
-    )
+    table = frequency_table(n_pixels, at_points, "n_pixels")
+    if flags is not None:
+        table = split_seen(table, at_points, flags[inside])
+    return table
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        area_share = n_pixels / n_pixels.sum() if n_pixels.sum() else np.full(N_ZONES, np.nan)
-        slide_share = n_slides / n_slides.sum() if n_slides.sum() else np.full(N_ZONES, np.nan)
-        ratio = np.where(n_pixels > 0, slide_share / area_share, np.nan)
-    table = pd.DataFrame(
+
+def frequency_table(n_cells: np.ndarray, zone_of_landslide: np.ndarray,
+                    cell_column: str) -> pd.DataFrame:
+    """The frequency-ratio table from cells per zone and the zone of each landslide."""
+    n_slides = _per_zone(zone_of_landslide)
+    area_share, slide_share, ratio = _shares(n_cells, n_slides)
+    return pd.DataFrame(
         {
             "name": [ZONE_NAMES[k] for k in range(1, N_ZONES + 1)],
-            "n_pixels": n_pixels,
+            cell_column: n_cells,
             "area_share": area_share,
             "n_landslides": n_slides,
             "landslide_share": slide_share,
@@ -276,7 +291,43 @@ def zone_statistics(
         },
         index=pd.Index(range(1, N_ZONES + 1), name="zone"),
     )
-    return table
+
+
+def split_seen(table: pd.DataFrame, zone_of_landslide: np.ndarray,
+               seen: np.ndarray) -> pd.DataFrame:
+    """Add held-out (never trained on: prediction rate) and seen (trained on: success
+    rate) landslide columns to a frequency-ratio table.
+
+    ``zone_of_landslide`` and ``seen`` have one entry per landslide.  The shares of each
+    group are of that group's landslides in valid zones; NaN where the group is empty.
+    """
+    cells = table.iloc[:, 1].to_numpy()  # n_pixels or n_units
+    out = table.copy()
+    z = np.asarray(zone_of_landslide).reshape(-1)
+    seen = np.asarray(seen, dtype=bool).reshape(-1)
+    if seen.shape != z.shape:
+        raise ValueError(f"seen has {seen.size} flags for {z.size} landslides")
+    for name, mask in (("heldout", ~seen), ("seen", seen)):
+        n = _per_zone(z[mask])
+        _, share, ratio = _shares(cells, n)
+        out[f"n_{name}"] = n
+        out[f"{name}_share"] = share
+        out[f"{name}_density_ratio"] = ratio
+    return out
+
+
+def _per_zone(zone_of_landslide: np.ndarray) -> np.ndarray:
+    z = np.asarray(zone_of_landslide)
+    return np.array([(z == k).sum() for k in range(1, N_ZONES + 1)], dtype=np.int64)
+
+
+def _shares(n_cells: np.ndarray, n_slides: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = n_cells / n_cells.sum() if n_cells.sum() else np.full(N_ZONES, np.nan)
+        share = n_slides / n_slides.sum() if n_slides.sum() else np.full(N_ZONES, np.nan)
+        ratio = np.where(n_cells > 0, share / area, np.nan)
+    return area, share, ratio
 
 
 def _as_index(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:

@@ -177,6 +177,9 @@ class _Setup:
 
 #: Columns of ``test_predictions.parquet`` that locate a test point, not a model's output.
 PIXEL_COLUMNS = ("row", "col")
+#: The same for a table target (no pixels): the row number of the point in the region's
+#: table, which is the ``unit`` of its unit predictions.
+UNIT_COLUMN = "unit"
 
 
 def _prepare(cfg: FinetuneConfig) -> _Setup:
@@ -382,7 +385,9 @@ def _study(cfg: FinetuneConfig, s: _Setup) -> tuple[dict[str, Any], dict[str, An
         # row/col of the hold-out pixels (raster targets): the rate curves of the map
         # model tell the landslides it was trained on from those it never saw
         pd.DataFrame({**{c: s.target.table[c].to_numpy()[test] for c in PIXEL_COLUMNS
-                         if c in s.target.table}, "label": y_test, **test_p}),
+                         if c in s.target.table},
+                      **({} if "row" in s.target.table else
+                         {UNIT_COLUMN: np.flatnonzero(test)}), "label": y_test, **test_p}),
         f"the {split} hold-out ({int(test.sum())} points): the delivered map model and each "
         "family's source-only and stage-2 models of repeat 1, as the map shows them")
     arms_of = {f: ARMS for f in families} | {CHOSEN: CHOSEN_ARMS}

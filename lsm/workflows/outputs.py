@@ -48,17 +48,22 @@ def after_training(run_dir: Path, *, predict: bool = True, explain: bool = True,
 
 
 def map_summary(maps: dict[str, Any]) -> str:
-    """One line naming what a map set (raster or units) wrote."""
+    """One line naming what a map set (raster or units) wrote, and lines saying which base
+    rate its probabilities carry and what its zone table counts."""
     unc = (f"; uncertainty: std of P over {maps['uncertainty_replicates']} bootstrap refits"
            if maps.get("uncertainty_replicates") else "")
+    # what the numbers carry: the base rate of P and what the zone table counts
+    extra = "".join(f"\n  {what}: {(maps.get(key) or {}).get('text')}" for key, what in
+                    (("base_rate", "probabilities"), ("zone_rates", "zone table"))
+                    if (maps.get(key) or {}).get("text"))
     if maps.get("kind") == "units":
         files = ", ".join(Path(maps[k]).suffix[1:] for k in ("table", "csv", "gpkg")
                           if k in maps)
         return (f"unit predictions -> {Path(maps['table']).parent}/ ({maps['family']}: "
-                f"probability and zone per unit, {files}{unc})")
+                f"probability and zone per unit, {files}{unc}){extra}")
     zones = "zones withheld (no skill), " if maps.get("zones_withheld") else "zones GeoTIFF, "
     return (f"maps -> {Path(maps['probability']).parent}/ ({maps['family']}: probability COG, "
-            f"{zones}PNG quick-looks{unc})")
+            f"{zones}PNG quick-looks{unc}){extra}")
 
 
 def source_models(run: Run) -> dict[str, Any] | None:
@@ -103,17 +108,20 @@ def evaluation_figures(run: Run) -> dict[str, str]:
 
         path = checked_file(run, "test_predictions")
         if path is not None:
-            from lsm.workflows.finetune import PIXEL_COLUMNS
+            from lsm.workflows.finetune import PIXEL_COLUMNS, UNIT_COLUMN
 
-            preds = pd.read_parquet(path).drop(columns=list(PIXEL_COLUMNS), errors="ignore")
+            preds = pd.read_parquet(path).drop(columns=[*PIXEL_COLUMNS, UNIT_COLUMN],
+                                               errors="ignore")
             y = preds.pop("label").to_numpy()
             curves = {c: (y, preds[c].to_numpy()) for c in preds.columns
                       if np.isfinite(preds[c]).all()}
             where = "nested CV" if metrics.get("mode") == "production" else "target test set"
             out["roc"] = str(fig.plot_roc(curves, figdir / "roc.png",
                                           f"{run.region}: ROC on the {where}"))
+            rel, note = _reliability_curves(curves, metrics)
             out["reliability"] = str(fig.plot_reliability(
-                curves, figdir / "reliability.png", f"{run.region}: calibration on the {where}"))
+                rel, figdir / "reliability.png", f"{run.region}: calibration on the {where}",
+                note=note))
             out["test_predictions"] = run.meta["test_predictions"]["what"]
         return out
     table = run.training_table()
@@ -123,9 +131,65 @@ def evaluation_figures(run: Run) -> dict[str, str]:
     if curves:
         out["roc"] = str(fig.plot_roc(curves, figdir / "roc.png",
                                       f"{run.region}: spatial cross-validation ROC"))
+        from lsm.workflows.predict import _best_family
+
+        rel, note = _reliability_curves(curves, metrics, delivered=_best_family(run))
         out["reliability"] = str(fig.plot_reliability(
-            curves, figdir / "reliability.png", f"{run.region}: calibration (out-of-fold)"))
+            rel, figdir / "reliability.png", f"{run.region}: calibration (out-of-fold)",
+            note=note))
     return out
+
+
+def _reliability_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                        metrics: dict[str, Any], *, delivered: str | None = None
+                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """The two curves a calibration figure shows, and a note on their base rate.
+
+    The delivered model (a fine-tune's ``delivered ...`` column; a fit's mapped family)
+    and the best other forecast by log-loss on the same points.  A fine-tune study whose
+    labelled pool is imbalanced (its landslide share, known from the inventory and not
+    from the test labels, differs from 50 % by more than 0.1) and that has no
+    ``--prevalence`` shows every forecast shifted from 50 % to that share: the delivered
+    map says which base rate its P carries, and the figure says which one it shows.
+    """
+    from sklearn.metrics import log_loss
+
+    from lsm.transfer.prior import prior_shift
+
+    names = list(curves)
+    main = next((c for c in names if c.startswith("delivered")), delivered)
+    if main not in curves:
+        main = names[0]
+
+    def loss(c: str) -> float:
+        y, p = curves[c]
+        return float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
+
+    others = [c for c in names if c != main]
+    chosen = {f"{main} (mapped model)" if not main.startswith("delivered") else main:
+              curves[main]}
+    if others:
+        best = min(others, key=loss)
+        chosen[f"{best} (best other by log-loss here)"] = curves[best]
+    pool = metrics.get("pool_prevalence")
+    study = metrics.get("mode") == "study"
+    if study and metrics.get("prevalence") is None and isinstance(pool, float) \
+            and abs(pool - 0.5) > 0.1:
+        chosen = {k: (y, prior_shift(np.asarray(p, dtype="float64"), 0.5, pool))
+                  for k, (y, p) in chosen.items()}
+        note = (f"P shifted from 50 % to the pool's landslide share {pool:.1%} (known from "
+                "the inventory, not the test labels)")
+    elif metrics.get("prevalence") is not None:
+        note = f"P corrected to --prevalence {metrics['prevalence']:.1%}"
+    elif study:
+        note = "P as the map shows it: trained at a 50 % landslide share (balanced shots)"
+    elif metrics.get("mode") == "production":
+        note = "nested-CV P at the labelled points' landslide share"
+    else:
+        note = "out-of-fold P at the training points' landslide share"
+    shown = (f"shown: the delivered model and the best of {len(curves) - 1} others"
+             if len(curves) > len(chosen) else "")
+    return chosen, note + (f"; {shown}" if shown else "")
 
 
 def explain_run(run: Run, *, n_explain: int = 300, seed: int = 0,

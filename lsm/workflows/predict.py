@@ -84,6 +84,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
                         "maps need a raster region")
     family, data, stats, fn = _model_on_region(run, family, spec, prevalence=prevalence,
                                                progress=progress)
+    rate = base_rate(run, spec, data.table, prevalence)
     assert data.stack is not None
     prob = predict_raster(data.stack, fn, factors=run.schema.factors)
     final = Path(out or run.path / "maps")
@@ -91,7 +92,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}_{family}"
     prob_path = out / f"{stem}_probability.tif"
-    write_probability_cog(prob, prob_path)
+    write_probability_cog(prob, prob_path, base_rate=rate["text"], prevalence=rate["carried"])
     # read back the written map: zones and PNGs never recompute the model
     import rioxarray
 
@@ -101,10 +102,15 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
     table = data.table
     ls = table[table["label"] == 1]
     pts = (ls["x"].to_numpy(), ls["y"].to_numpy())
+    rows, cols = ls["row"].to_numpy(), ls["col"].to_numpy()
+    seen = _seen_mask(run, spec, family, rows, cols)
     elev = data.stack["elevation"] if "elevation" in data.stack else None
     png_p = quicklook_png(prob_disk, out / f"{stem}_probability.png", kind="probability",
                           hillshade_from=elev, points=pts,
-                          title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)")
+                          title=f"{spec.name}: P(landslide), {family} ({run.meta['kind']} run)"
+                          f"\nP at a {_pct(rate['carried'])} landslide share"
+                          + (" (--prevalence)" if rate["prevalence"] is not None else
+                             " (training points); --prevalence sets the region's"))
     withheld = zones_withheld(run, force_zones)
     zone_files: dict[str, Any] = {"zones_withheld": withheld}
     cuts: list[float] = []
@@ -113,7 +119,7 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
         zones, cuts = classify_zones(prob_disk, thresholds=thresholds)
         zones_path = out / f"{stem}_zones.tif"
         write_zones_geotiff(zones, zones_path, names=ZONE_NAMES, colors=ZONE_COLORS)
-        zstats = zone_statistics(zones, ls["row"].to_numpy(), ls["col"].to_numpy())
+        zstats = zone_statistics(zones, rows, cols, seen=seen)
         zones_disk = rioxarray.open_rasterio(zones_path, chunks=chunks).squeeze("band",
                                                                                drop=True)
         png_z = quicklook_png(zones_disk, out / f"{stem}_zones.png", kind="zones",
@@ -125,17 +131,19 @@ def predict_maps(run: Run, *, region: str | None = None, family: str | None = No
         if write_to is None:
             _remove_stale(out, stem, ("_zones.tif", "_zones.png", "_zones.qml",
                                       "_zones.tif.aux.xml"))
-    rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family)
+    rates = _rate_curves(run, spec, prob_disk, ls, out / f"{stem}_rates.png", family,
+                         seen=seen)
     unc = _uncertainty_map(run, family, spec, data, stats, out / f"{stem}_uncertainty.tif",
-                           replicates=uncertainty, prevalence=prevalence, elev=elev, points=pts,
-                           progress=progress)
+                           replicates=uncertainty, prevalence=rate["prevalence"], elev=elev,
+                           points=pts, progress=progress)
     result = {
         **rates, **unc,
         "region": spec.name, "family": family, "probability": str(prob_path),
         **zone_files, "probability_png": str(png_p),
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
         "quantile", "zone_statistics": zstats.to_dict(orient="records"),
-        "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
+        "zone_rates": zone_rates(run, family, zstats, "landslide pixels"),
+        "prevalence": rate["prevalence"], "base_rate": rate,
     }
     result = _set_files(_relocate(result, out, final), out)
     write_json(out / f"{stem}_zones.json", result)
@@ -189,7 +197,8 @@ def check_map_set(zones_json: Path) -> dict[str, Any]:
 
 
 def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame,
-                 path: Path, family: str) -> dict[str, Any]:
+                 path: Path, family: str, *, seen: np.ndarray | None = None
+                 ) -> dict[str, Any]:
     """Success-rate (landslides the model saw) and prediction-rate (landslides it did
     not see) curves of a probability map."""
     import xarray as xr
@@ -203,7 +212,8 @@ def _rate_curves(run: Run, spec: RegionSpec, prob: Any, landslides: pd.DataFrame
     p_all = p_all[np.isfinite(p_all)]
     rows, cols = landslides["row"].to_numpy(), landslides["col"].to_numpy()
     p_ls = prob.isel(y=xr.DataArray(rows, dims="pt"), x=xr.DataArray(cols, dims="pt")).values
-    seen = _seen_landslides(run, family, spec, rows, cols)
+    if seen is None:
+        seen = _seen_landslides(run, family, spec, rows, cols)
     ok = np.isfinite(p_ls)
     success = success_rate_curve(p_ls[seen & ok], p_all) if (seen & ok).any() else None
     prediction = (prediction_rate_curve(p_ls[~seen & ok], p_all)
@@ -247,6 +257,13 @@ def _model_on_region(run: Run, family: str | None, spec: RegionSpec, *,
     stats = region_stats_for(run, spec, data.stats)
     return family, data, stats, make_predict_fn(run, family, spec, stats,
                                                 prevalence=prevalence)
+
+
+def _seen_mask(run: Run, spec: RegionSpec, family: str, rows: np.ndarray, cols: np.ndarray
+               ) -> np.ndarray:
+    """Which landslide pixels of ``spec`` the mapped model was trained on (none in a
+    region the run was not trained in): :func:`_seen_landslides`."""
+    return _seen_landslides(run, family, spec, rows, cols)
 
 
 def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
@@ -425,7 +442,7 @@ def _uncertainty_map(run: Run, family: str, spec: RegionSpec, data: Any,
 
 
 #: Columns of the per-unit table besides the factors' identity.
-UNIT_COLUMNS = ("unit", "x", "y", "label", "probability", "zone", "zone_name")
+UNIT_COLUMNS = ("unit", "x", "y", "label", "probability", "base_rate", "zone", "zone_name")
 
 
 def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | None = None,
@@ -437,7 +454,8 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
 
     Writes ``<region>_<family>_units.parquet`` and ``.csv`` (one row per row of the
     region's samples table: ``unit`` = its row number, ``x``/``y`` where the spec has
-    coordinates, ``label``, ``probability``, ``zone`` 1..5 and ``zone_name``) and, when
+    coordinates, ``label``, ``probability``, ``base_rate`` (the landslide share P
+    assumes: :func:`base_rate`), ``zone`` 1..5 and ``zone_name``) and, when
     the units have coordinates or the samples file has geometry,
     ``<region>_<family>_units.gpkg``.  Zones use the raster maps' classing
     (:func:`lsm.mapping.zones.classify_zones`: quantiles 20/40/60/80 % of the units
@@ -457,6 +475,10 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     family, data, stats, fn = _model_on_region(run, family, spec, prevalence=prevalence,
                                                progress=progress)
     table = data.table
+    rate = base_rate(run, spec, table, prevalence)
+    if rate["prevalence"] != (prevalence if prevalence is not None
+                              else run.meta.get("prevalence")):
+        fn = make_predict_fn(run, family, spec, stats, prevalence=rate["prevalence"])
     p = np.asarray(fn(table), dtype=np.float64)
     withheld = zones_withheld(run, force_zones)
     units = pd.DataFrame({"unit": np.arange(len(table), dtype=np.int64)})
@@ -465,6 +487,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
             units[c] = table[c].to_numpy()
     units["label"] = table["label"].to_numpy()
     units["probability"] = p
+    units["base_rate"] = rate["carried"]  # the landslide share P assumes, in every row
     cuts: list[float] = []
     if withheld is None:
         zones, cuts = classify_zones(xr.DataArray(p, dims="unit"), thresholds=thresholds)
@@ -479,7 +502,7 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     unc: dict[str, Any] = {}
     if n_rep:
         units["uncertainty"] = spread_fn(run, family, spec, stats, replicates=n_rep,
-                                         prevalence=prevalence,
+                                         prevalence=rate["prevalence"],
                                          seed=int(run.meta.get("seed", 0)),
                                          progress=progress)(table)
         u = units["uncertainty"].to_numpy()
@@ -492,14 +515,17 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     stem = f"{spec.name}_{family}"
     paths = write_units(units, out / f"{stem}_units", crs=_table_crs(spec),
                         geometry=_unit_geometry(spec, len(units)))
-    zstats = unit_zone_statistics(z, units["label"].to_numpy() == 1) if withheld is None \
-        else pd.DataFrame()
+    landslide = units["label"].to_numpy() == 1
+    zstats = unit_zone_statistics(z, landslide, seen=_seen_units(run, spec, family,
+                                                                 len(units))[landslide]) \
+        if withheld is None else pd.DataFrame()
     result = {
         "region": spec.name, "family": family, "kind": "units", **paths,
         "zones_withheld": withheld,
         "thresholds": [float(c) for c in cuts], "zone_method": "user" if thresholds else
         "quantile", "zone_statistics": zstats.to_dict(orient="records"),
-        "prevalence": prevalence if prevalence is not None else run.meta.get("prevalence"),
+        "zone_rates": zone_rates(run, family, zstats, "landslide units"),
+        "prevalence": rate["prevalence"], "base_rate": rate,
         "n_units": int(len(units)), **unc,
     }
     result = _set_files(_relocate(result, out, final), out)
@@ -507,23 +533,142 @@ def predict_units(run: Run, *, spec: RegionSpec | None = None, region: str | Non
     return result
 
 
-def unit_zone_statistics(zones: np.ndarray, landslide: np.ndarray) -> pd.DataFrame:
+def unit_zone_statistics(zones: np.ndarray, landslide: np.ndarray,
+                         seen: np.ndarray | None = None) -> pd.DataFrame:
     """The frequency-ratio table of :func:`lsm.mapping.zones.zone_statistics` over units.
 
-    ``area_share`` is the share of units in each zone (units count the same).
+    ``area_share`` is the share of units in each zone (units count the same).  ``seen``
+    (one flag per landslide unit, in order) adds the held-out / seen split of
+    :func:`lsm.mapping.zones.split_seen`.
     """
-    from lsm.mapping.zones import N_ZONES, ZONE_NAMES
+    from lsm.mapping.zones import N_ZONES, frequency_table, split_seen
 
-    ks = range(1, N_ZONES + 1)
-    n = np.array([(zones == k).sum() for k in ks], dtype=np.int64)
-    n_ls = np.array([((zones == k) & landslide).sum() for k in ks], dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        area = n / n.sum() if n.sum() else np.full(N_ZONES, np.nan)
-        share = n_ls / n_ls.sum() if n_ls.sum() else np.full(N_ZONES, np.nan)
-        ratio = np.where(n > 0, share / area, np.nan)
-    return pd.DataFrame({"name": [ZONE_NAMES[k] for k in ks], "n_units": n, "area_share": area,
-                         "n_landslides": n_ls, "landslide_share": share,
-                         "density_ratio": ratio}, index=pd.Index(list(ks), name="zone"))
+    zones = np.asarray(zones)
+    n = np.array([(zones == k).sum() for k in range(1, N_ZONES + 1)], dtype=np.int64)
+    table = frequency_table(n, zones[landslide], "n_units")
+    return table if seen is None else split_seen(table, zones[landslide],
+                                                 np.asarray(seen, dtype=bool))
+
+
+#: A landslide share this far from the training points' is a census of the region's units,
+#: not a sample balanced by design (the rule a fine-tune uses for its prior-corrected
+#: log-loss).
+IMBALANCED = 0.1
+
+
+def base_rate(run: Run, spec: RegionSpec, table: pd.DataFrame,
+              prevalence: float | None) -> dict[str, Any]:
+    """Which landslide share the probabilities of a map or unit table carry, and why.
+
+    ``--prevalence`` (or the run's own) when given; else, for a table region whose
+    landslide share differs clearly from the training points' (slope units: every unit of
+    the region is listed), that share, applied by default; else the training points'
+    share, with a note that ``--prevalence`` exists (a raster inventory's points are
+    sampled, so the region's share is unknown to lsm).
+
+    Returns ``{"carried", "prevalence", "training", "source", "text"}``: ``carried`` is the
+    share P assumes; ``prevalence`` the one applied (None: P keeps the training share).
+    """
+    train = float(run.meta.get("training_prevalence", 0.5))
+    given = prevalence if prevalence is not None else run.meta.get("prevalence")
+    if given is not None:
+        src = "--prevalence" if prevalence is not None else "the run's --prevalence"
+        return {"carried": float(given), "prevalence": float(given), "training": train,
+                "source": src, "text": f"P corrected to a {_pct(given)} landslide share "
+                f"({src}; the model was trained at {_pct(train)})"}
+    if spec.is_table and "label" in table:
+        y = table["label"].to_numpy()
+        n1, n = int((y == 1).sum()), int(np.isin(y, (0, 1)).sum())
+        if 0 < n1 < n and abs(n1 / n - train) > IMBALANCED:
+            share = n1 / n
+            return {"carried": share, "prevalence": share, "training": train,
+                    "source": "table", "text": f"P corrected to {_pct(share)}, the table's "
+                    f"landslide share ({n1:,} of {n:,} units), taken as the region's base "
+                    f"rate (the model was trained at {_pct(train)}); --prevalence P sets "
+                    "another"}
+    balanced = (" (balanced training points)" if abs(train - 0.5) < 0.005 else
+                " (its training points' share)")
+    return {"carried": train, "prevalence": None, "training": train, "source": "training",
+            "text": f"P assumes a {_pct(train)} landslide share{balanced}; use --prevalence "
+            "P for your region's share"}
+
+
+def _pct(x: float) -> str:
+    x = float(x)
+    return f"{x:.0%}" if abs(x * 100 - round(x * 100)) < 0.05 else f"{x:.1%}" \
+        if x >= 0.01 else f"{x:.2%}"
+
+
+def zone_rates(run: Run, family: str, zstats: pd.DataFrame, what: str) -> dict[str, Any]:
+    """What a zone table's landslide columns measure: a prediction rate (held-out
+    landslides, never trained on: skill) or a success rate (landslides the map model was
+    trained on: fit, not skill), with the counts and, when every landslide was seen, the
+    cross-validated figure that is the skill instead."""
+    if zstats.empty or "n_heldout" not in zstats:
+        return {"basis": "none", "n_heldout": 0, "n_seen": 0, "skill": None, "text": ""}
+    held, seen = int(zstats["n_heldout"].sum()), int(zstats["n_seen"].sum())
+    skill = _skill_text(run, family)
+    if held and seen:
+        basis = "prediction"
+        text = (f"prediction rate: {held} held-out {what} the map model never saw "
+                f"(skill); the all-landslides columns ({held + seen}) include {seen} it was "
+                "trained on (success rate, not skill)")
+    elif held:
+        basis = "prediction"
+        text = f"prediction rate: none of the {held} {what} was used to train the map model"
+    elif seen:
+        basis = "success"
+        text = (f"success rate only: the map model was trained on all {seen} {what}, so "
+                "these tables show fit, not skill" + (f"; the skill is {skill}" if skill
+                                                       else ""))
+    else:
+        basis, text = "none", f"no {what} in valid zones"
+    return {"basis": basis, "n_heldout": held, "n_seen": seen, "skill": skill, "text": text}
+
+
+def _skill_text(run: Run, family: str) -> str | None:
+    """The cross-validated (or hold-out) skill of the mapped model, as a phrase."""
+    try:
+        m = read_json(run.path / "metrics.json")
+    except Exception:
+        return None
+    if run.meta.get("kind") == "fit":
+        s = ((m.get("cv") or {}).get(family) or {}).get("summary", {}).get("auc")
+        return (f"{m.get('n_folds', '?')}-fold {m.get('split', '')} cross-validation AUC "
+                f"{s['mean']:.3f}" if s else None)
+    if m.get("mode") == "production":
+        s = ((m.get("models") or {}).get("lsm") or {}).get("delivered", {}).get("auc")
+        return f"nested-CV AUC {s['mean']:.3f} ({m.get('split')})" if s else None
+    hold = ((m.get("delivered") or {}).get("map_model") or {}).get("holdout")
+    if family == run.meta.get("delivered") and hold:
+        return f"hold-out AUC {hold['auc']:.3f}"
+    return None
+
+
+def _seen_units(run: Run, spec: RegionSpec, family: str, n: int) -> np.ndarray:
+    """Which units (rows of ``spec``'s table) the mapped model may have been trained on.
+
+    None in a region the run was not trained in; every labelled unit of a fit's region
+    and of a ``--shots all`` fine-tune; for a fine-tune study every unit outside the
+    hold-out (the delivered map model trained on all of them; a family's stage 2 on
+    some), or every unit when the run records no hold-out units.
+    """
+    from lsm.workflows.extras import checked_file
+    from lsm.workflows.finetune import UNIT_COLUMN
+
+    if spec.name != run.region:
+        return np.zeros(n, dtype=bool)
+    if run.meta.get("kind") == "finetune" and run.meta.get("shots") != "all":
+        path = checked_file(run, "test_predictions")
+        test = pd.read_parquet(path) if path is not None else None
+        if test is not None and UNIT_COLUMN in test.columns:
+            seen = np.ones(n, dtype=bool)
+            held = test[UNIT_COLUMN].to_numpy()
+            seen[held[(held >= 0) & (held < n)]] = False
+            return seen
+        warnings.warn("the run records no hold-out units: every landslide unit counts as "
+                      "seen (the zone table is a success rate)", UserWarning, stacklevel=3)
+    return np.ones(n, dtype=bool)
 
 
 def write_units(units: pd.DataFrame, stem: Path, *, crs: Any = None,

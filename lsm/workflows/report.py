@@ -91,15 +91,18 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
         "log_loss_prior_corrected" in s for a in models.values() for s in a.values()) else None
     cols = ["model", "arm", "AUC", "log-loss"] + (["log-loss (prior-corr.)"] if extra else []) \
         + ["Brier", "accuracy"]
+    # one repeat: a value, no spread (a ± 0.000 would read as certainty)
+    one = metrics.get("mode") != "production" and metrics.get("repeats") == 1
     if metrics.get("mode") == "production":
         title = (f"{metrics['source_region']} -> {metrics['target']}: every labelled point "
                  f"({metrics['n']}, {metrics['n_landslides']} landslides); skill by "
                  f"{metrics['split']} (mean ± std over folds)")
     else:
         title = (f"{metrics['source_region']} -> {metrics['target']}: K = {metrics['shots']} "
-                 f"shots, {metrics['repeats']} repeats, test {metrics['test_size']} points "
+                 f"shots, {metrics['repeats']} repeat{'' if one else 's'}, test "
+                 f"{metrics['test_size']} points "
                  f"({metrics['split']} hold-out), norm {metrics['norm']} (mean ± std)")
-    t = Table(*cols, title=title)
+    t = Table(*cols, title=title.replace(" (mean ± std)", "") if one else title)
     for fam, arms in models.items():
         best_auc = max(arms, key=lambda a: arms[a]["auc"]["mean"])
         best_ll = min(arms, key=lambda a: arms[a]["log_loss"]["mean"])
@@ -108,7 +111,7 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
             def cell(k: str, best: str | None = None, s: dict = s, arm: str = arm) -> str:
                 if k not in s:
                     return ""
-                txt = f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                txt = f"{s[k]['mean']:.3f}" if one else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
                 return f"[bold green]{txt}[/]" if best == arm else txt
             row = [fam if arm == names[0] else "", arm, cell("auc", best_auc),
                    cell("log_loss", best_ll)]
@@ -126,14 +129,23 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
             continue
         a, ll = d.get("auc"), d.get(extra or "log_loss")
         if a and ll:
+            if one:
+                console.print(f"paired {key} (one repeat, no interval): AUC "
+                              f"{a['mean_diff']:+.3f}; {'prior-corr. ' if extra else ''}"
+                              f"log-loss {ll['mean_diff']:+.3f}")
+                continue
             console.print(f"paired {key}: AUC {a['mean_diff']:+.3f} [{a['ci95_low']:+.3f}, "
                           f"{a['ci95_high']:+.3f}], wins {a['win_rate']:.0%}; "
                           f"{'prior-corr. ' if extra else ''}log-loss {ll['mean_diff']:+.3f} "
                           f"[{ll['ci95_low']:+.3f}, {ll['ci95_high']:+.3f}]")
-    from lsm.workflows.verdict import skill_check, verdict_line, verdicts
+    from lsm.workflows.verdict import beaten_by, skill_check, verdict_line, verdicts
 
-    for v in metrics.get("verdicts") or verdicts(metrics):
+    # recomputed from the metrics: the lines of runs written before them say the same
+    for v in verdicts(metrics):
         console.print(verdict_line(v), soft_wrap=True, markup=False)
+    beaten = beaten_by(metrics)
+    if beaten:
+        console.print(f"best arm: {beaten}", soft_wrap=True, markup=False)
     skill = metrics.get("skill") or skill_check(metrics)
     if skill.get("near_chance"):
         console.print(f"[bold red]warning:[/] {skill['message']}", soft_wrap=True)
@@ -153,3 +165,38 @@ def print_finetune_metrics(metrics: dict[str, Any], console: Any) -> None:
     secs = ", ".join(f"{f} {v:.2f}s" for f, v in metrics.get("seconds_per_repeat", {}).items())
     if secs:
         console.print(f"time per repeat: {secs}")
+
+
+def zone_table(records: list[dict[str, Any]], rates: dict[str, Any] | None, *,
+               units: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a zone table, the same on the console and in the report.
+
+    The landslide columns say what they measure (``rates``: :func:`lsm.workflows.predict.
+    zone_rates`): held-out landslides (a prediction rate, the skill) first, and every
+    landslide, training ones included, labelled as a success rate.
+    """
+    area = "units" if units else "area"
+    basis = (rates or {}).get("basis")
+
+    def cnt(z: dict[str, Any], n: str, share: str) -> str:
+        v = z.get(share)
+        return f"{z[n]} ({v:.1%})" if isinstance(v, float) and v == v else f"{z[n]}"
+
+    def ratio(z: dict[str, Any], key: str) -> str:
+        v = z.get(key)
+        return f"{v:.2f}" if isinstance(v, float) and v == v else "-"
+
+    if basis == "prediction" and (rates or {}).get("n_seen"):
+        head = ["zone", area, "held-out landslides (prediction rate)", "density ratio",
+                "all landslides (success rate)", "density ratio (all)"]
+        rows = [[z["name"], f"{z['area_share']:.1%}", cnt(z, "n_heldout", "heldout_share"),
+                 ratio(z, "heldout_density_ratio"), cnt(z, "n_landslides", "landslide_share"),
+                 ratio(z, "density_ratio")] for z in records]
+        return head, rows
+    what = {"prediction": "held-out landslides (prediction rate)",
+            "success": "landslides trained on (success rate)"}.get(
+        str(basis), "landslides (seen and held-out not told apart)")
+    head = ["zone", area, what, "density ratio"]
+    rows = [[z["name"], f"{z['area_share']:.1%}", cnt(z, "n_landslides", "landslide_share"),
+             ratio(z, "density_ratio")] for z in records]
+    return head, rows

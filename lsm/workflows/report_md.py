@@ -14,23 +14,39 @@ def _rel(path: str | Path, base: Path) -> str:
     return os.path.relpath(Path(path), base)
 
 
-def _m(s: dict[str, float]) -> str:
-    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+def _m(s: dict[str, float], one: bool = False) -> str:
+    """``mean ± std``; with ``one`` (a single repeat) the value alone: no spread."""
+    return f"{s['mean']:.3f}" if one else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
 def _pd(d: dict[str, float]) -> str:
+    if not all(isinstance(d.get(k), float) and d[k] == d[k] for k in ("ci95_low",
+                                                                         "ci95_high")):
+        return f"{d['mean_diff']:+.3f} (one repeat: no interval)"
     return (f"{d['mean_diff']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}], "
             f"wins {d['win_rate']:.0%}, Wilcoxon p = {d['wilcoxon_p']:.2g}")
 
 
 def _verdict_section(metrics: dict[str, Any]) -> list[str]:
-    """One verdict line per family (transfer vs each baseline) and the skill warning."""
-    from lsm.workflows.verdict import skill_check, verdict_line, verdicts
+    """One verdict line per family (transfer vs each baseline), the best arm when it is
+    not the delivered model, and the skill warning."""
+    from lsm.workflows.verdict import beaten_by, skill_check, verdict_line, verdicts
 
-    L = ["**Verdict** (paired differences on the same test set, 95 % intervals; "
-         "for log-loss lower is better):", ""]
-    L += [f"- {verdict_line(v)[len('verdict '):]}" for v in
-          (metrics.get("verdicts") or verdicts(metrics))]
+    if metrics.get("mode") == "production":
+        L = ["**Verdict** (no test set: every labelled point trains the delivered model; "
+             "skill by nested cross-validation, with the target-only figure on the same "
+             "folds where the run has one):", ""]
+    elif metrics.get("repeats") == 1:
+        L = ["**Verdict** (paired differences on the same test set; one repeat, so no "
+             "intervals and no verdict words):", ""]
+    else:
+        L = ["**Verdict** (paired differences on the same test set, 95 % intervals; "
+             "for log-loss lower is better; 'better' only where the interval of the metric "
+             "named excludes 0):", ""]
+    L += [f"- {verdict_line(v)[len('verdict '):]}" for v in verdicts(metrics)]
+    beaten = beaten_by(metrics)
+    if beaten:
+        L += ["", f"**Best arm:** {beaten}."]
     skill = metrics.get("skill") or skill_check(metrics)
     if skill.get("near_chance"):
         L += ["", f"> **Warning:** {skill['message']}."]
@@ -173,10 +189,11 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
         L += _verdict_section(metrics)
         L.append("| model | arm | AUC | log-loss | Brier | accuracy |")
         L.append("|---|---|---|---|---|---|")
+        one = metrics.get("mode") != "production" and metrics.get("repeats") == 1
         for fam, arms in metrics["models"].items():
             for arm, s in arms.items():
-                L.append(f"| {fam} | {arm} | {_m(s['auc'])} | {_m(s['log_loss'])} | "
-                         f"{_m(s['brier'])} | {_m(s['accuracy'])} |")
+                L.append(f"| {fam} | {arm} | {_m(s['auc'], one)} | {_m(s['log_loss'], one)} | "
+                         f"{_m(s['brier'], one)} | {_m(s['accuracy'], one)} |")
         L.append("")
         if metrics.get("mode") == "production":
             L.append("Mean ± std over the cross-validation folds. Row `lsm`, `delivered`: the "
@@ -186,9 +203,11 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
         else:
             L.append("`source_only`: the source model zero-shot; `target_only`: trained on the "
                      "shots alone; `stage1`: source head re-estimated on the shots; `stage2`: "
-                     "stage 1 fine-tuned as a whole, anchored at the source. Mean ± std over "
-                     "repeats. Row `lsm`: `delivered` is what this run delivers; its "
-                     "`source_only` and `target_only` are the baselines a user would pick "
+                     "stage 1 fine-tuned as a whole, anchored at the source. "
+                     + ("One repeat: single values, no spread. " if one else
+                        "Mean ± std over repeats. ")
+                     + "Row `lsm`: `delivered` is what this run delivers; its `source_only`"
+                     " and `target_only` are the baselines a user would pick "
                      "without the test set (family chosen on the shots).")
         L += _delivered_section(metrics)
         from lsm.workflows.finetune import transfer_vs_fit_lines
@@ -224,7 +243,9 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
                 L.append(f"- Zones (paletted GeoTIFF, opens styled in QGIS): "
                          f"`{_rel(maps['zones'], base)}`; {thresholds}.")
         L.append(f"- Model: {map_provenance(meta, metrics, maps['family'])}")
-        if maps.get("prevalence"):
+        if maps.get("base_rate"):
+            L.append(f"- Base rate: {maps['base_rate']['text']}.")
+        elif maps.get("prevalence"):
             L.append(f"- Probabilities corrected to a landslide prevalence of "
                      f"{maps['prevalence']:.3%}.")
         if maps.get("uncertainty_replicates"):
@@ -243,12 +264,15 @@ def write_report(run: Run, outputs: dict[str, Any], *, to: Path | None = None) -
                 L.append(f"![uncertainty]({_rel(maps['uncertainty_png'], base)})")
             L.append("")
         if maps["zone_statistics"]:
-            L.append(f"| zone | {'unit' if units else 'area'} share | landslides | landslide "
-                     "share | density ratio |")
-            L.append("|---|---|---|---|---|")
-            for z in maps["zone_statistics"]:
-                L.append(f"| {z['name']} | {z['area_share']:.1%} | {z['n_landslides']} | "
-                         f"{z['landslide_share']:.1%} | {z['density_ratio']:.2f} |")
+            from lsm.workflows.report import zone_table
+
+            rates = maps.get("zone_rates") or {}
+            head, rows = zone_table(maps["zone_statistics"], rates, units=units)
+            if rates.get("text"):
+                L += [f"Zone table: {rates['text']}.", ""]
+            L.append("| " + " | ".join(head) + " |")
+            L.append("|" + "---|" * len(head))
+            L += ["| " + " | ".join(r) + " |" for r in rows]
             L.append("")
         if "rates" in maps:
             L.append(f"![rate curves]({_rel(maps['rates'], base)})")
