@@ -147,9 +147,13 @@ def test_resume_after_a_killed_defaults_trial_has_a_defaults_row(demo_dir: Path,
 
     from lsm.workflows.tune import DEFAULT_POINTS, check_study_file
 
+    from lsm.workflows.owned import record, set_kind
+
     out = tmp_path / "t"
     out.mkdir()
     db = out / "study.db"
+    set_kind(out, "tune")  # what lsm tune records before sqlite creates its file
+    record(out, ["study.db"])
     check_study_file(db)
     # what a SIGKILL during the first trial leaves: the defaults trial RUNNING
     study = optuna.create_study(storage=f"sqlite:///{db}", study_name="demo-source-lr")
