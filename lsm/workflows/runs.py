@@ -113,6 +113,7 @@ def load_run(path: Path, *, families: list[str] | None = None) -> Run:
         if path.exists():
             raise ArtifactError(f"{path}: not a run folder (it is a file)")
         raise ArtifactError(f"{path}: no such run folder (run 'lsm fit' first)")
+    complete_pending(path)
     verify_run(path)
     meta = read_json(path / MODEL_JSON)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
@@ -165,6 +166,12 @@ def verify_run(path: Path) -> None:
     path = Path(path)
     man = path / MANIFEST
     if not man.exists():
+        from lsm.workflows.owned import JOURNAL
+
+        if (path / JOURNAL).exists():
+            raise ArtifactError(f"{path}: an interrupted lsm command left its commit half "
+                                "done and it cannot be completed here (read-only folder?); "
+                                "run that command again")
         if (path / MODEL_JSON).exists():
             raise ArtifactError(f"{path}: incomplete run ({MANIFEST} missing: the run was "
                                 "interrupted while being written, or written by an older "
@@ -291,6 +298,36 @@ def claim_run_dir(path: Path, *, kind: str | None = None) -> Path:
     if kind is not None:
         owned.check_out(path, kind)
     return path
+
+
+def complete_pending(path: Path) -> bool:
+    """Complete the journaled commit a killed lsm command left in ``path`` (True if there
+    was one), holding the folder's lock meanwhile; a folder another process holds is a
+    one-line :class:`~lsm.errors.RunBusyError` (its commit is in progress), one that
+    cannot be written is left as it is (:func:`verify_run` then refuses it)."""
+    import fcntl
+
+    from lsm.errors import RunBusyError
+    from lsm.workflows import owned
+
+    path = Path(path)
+    if not (path / owned.JOURNAL).exists():
+        return False
+    if str(path.resolve()) in _HELD:
+        return owned.recover(path)
+    try:
+        fh = open(path / _LOCK, "a+")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunBusyError(f"{path}: in use by another lsm process (it is replacing the "
+                               "run); wait for it to finish") from None
+        return owned.recover(path)
+    finally:
+        fh.close()
 
 
 def refuse_out_in_run(out: Path, run: Path, *, option: str) -> None:

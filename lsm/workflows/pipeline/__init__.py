@@ -347,21 +347,38 @@ def run_pipeline(cfg: PipelineConfig, *, out: Path | None = None, force: bool = 
         raise
     results = collect_results(plan, runner.state)
     summary = summarize_results(results)
-    _write_table(results, out / "results.csv")
-    _write_table(results, out / "results.parquet")
-    _write_table(summary, out / "summary.csv")
-    figures = make_figures(cfg, summary, out / "figures")
-    notes = _notes(runner.state)
-    seconds = time.perf_counter() - t0
-    res = PipelineResult(out, results, summary, figures, notes, runner.state, cfg, seconds)
-    from lsm.io.artifacts import atomic_write_bytes
+    from lsm.workflows.owned import Staged
 
-    atomic_write_bytes(out / "summary.md", summary_markdown(res, meta).encode("utf-8"))
-    meta.update(status="complete", finished=now_iso(), seconds=round(seconds, 1),
-                steps=_step_log(steps, runner.state), notes=notes,
-                rows=int(len(results)),
-                figures=[p.relative_to(out).as_posix() for ps in figures.values() for p in ps])
-    write_json(out / "pipeline.json", meta)
+    # the results, summaries, figures and the final pipeline.json: one set, committed
+    # together (a kill leaves the previous set or a commit the next claim completes)
+    stage = Staged(out)
+    try:
+        _write_table(results, stage.path("results.csv"))
+        _write_table(results, stage.path("results.parquet"))
+        _write_table(summary, stage.path("summary.csv"))
+        figures = make_figures(cfg, summary, stage.path("figures"))
+        figures = {k: [out / Path(p).relative_to(stage.dir) for p in ps]
+                   for k, ps in figures.items()}
+        notes = _notes(runner.state)
+        seconds = time.perf_counter() - t0
+        res = PipelineResult(out, results, summary, figures, notes, runner.state, cfg,
+                             seconds)
+        from lsm.io.artifacts import atomic_write_bytes
+
+        atomic_write_bytes(stage.path("summary.md"),
+                           summary_markdown(res, meta).encode("utf-8"))
+        meta.update(status="complete", finished=now_iso(), seconds=round(seconds, 1),
+                    steps=_step_log(steps, runner.state), notes=notes,
+                    rows=int(len(results)),
+                    figures=[p.relative_to(out).as_posix() for ps in figures.values()
+                             for p in ps])
+        write_json(stage.path("pipeline.json"), meta)
+        finals = {"results.csv", "results.parquet", "summary.csv", "summary.md",
+                  "pipeline.json"}
+        stage.commit(lambda f: f in finals or f.startswith("figures/"),
+                     last=["pipeline.json"])
+    finally:
+        stage.discard()
     return res
 
 
