@@ -30,9 +30,10 @@ Candidates (see :mod:`lsm.models.delivered` for the model they produce):
 - ``blend(f+g, w)``: ``w`` x recalibrated source ``f`` + ``(1 - w)`` x target ``g``;
 - ``fit(g)``: production mode (``--shots all``) only: family ``g`` trained as
   ``lsm fit`` trains it (default, full-capacity parameters) on the target alone,
-  with the target's own factors and normalisation (:attr:`Batch.F`).  It is
-  compared with the transfer choice above by the same cross-validated log-loss
-  and delivered when lower (see :func:`select_strategy`).
+  with the target's own factors and normalisation (:attr:`Batch.F`).  The best
+  of them by cross-validated log-loss is the default there; the transfer choice
+  above replaces it only when lower by more than :data:`SWITCH_SE` paired
+  standard errors (see :func:`select_strategy`).
 """
 
 from __future__ import annotations
@@ -631,34 +632,39 @@ def select_strategy(strategies: Sequence[Strategy], shots: Batch, y: np.ndarray,
             f"standard errors of the cross-validated log-loss (best: {best})")
     versus: dict[str, Any] = {}
     if fits and chosen not in fits:
-        # production: the transfer choice against the plain fits on the same folds; the
-        # lower log-loss is delivered (a tie keeps the transfer).  A handful of
-        # candidates on every labelled point: no switching margin is needed.
+        # production: with every label the user's alternative is 'lsm fit', so the best
+        # plain fit (lowest log-loss of a handful) is the default there, and the transfer
+        # choice (itself the pick of dozens) replaces it only when its log-loss, as
+        # delivered, is lower by more than ``switch_se`` paired standard errors
         fit = min(fits, key=cv_loss.get)
-        t_loss = _delivered_loss(by_name[chosen], yy, oof[chosen])
+        t_each = _delivered_loss(by_name[chosen], yy, oof[chosen])
+        t_loss = float(t_each.mean())
+        d = t_each - losses[fit]
+        se = d.std(ddof=1) / np.sqrt(n_eff) if d.size > 1 else 0.0
         versus = {"transfer": chosen, "transfer_cv_log_loss": round(t_loss, 5),
                   "fit": fit, "fit_cv_log_loss": round(cv_loss[fit], 5),
-                  "fit_cv_auc": round(cv_auc[fit], 5)}
-        if cv_loss[fit] < t_loss:
-            rule = (f"{fit}, the plain fit on the target alone, has a lower cross-validated "
-                    f"log-loss ({cv_loss[fit]:.4f}) than the transfer choice {chosen} "
-                    f"({t_loss:.4f}; {rule})")
-            chosen = fit
+                  "fit_cv_auc": round(cv_auc[fit], 5), "difference_se": round(float(se), 5)}
+        if d.mean() < -switch_se * se:
+            rule += (f"; its log-loss as delivered ({t_loss:.4f}) beats the best plain fit on "
+                     f"the target alone, {fit} ({cv_loss[fit]:.4f}), by more than "
+                     f"{switch_se:g} standard errors")
         else:
-            rule += (f"; its log-loss ({t_loss:.4f}) is also at most that of the best plain "
-                     f"fit on the target alone, {fit} ({cv_loss[fit]:.4f})")
+            rule = (f"{fit}, the best plain fit on the target alone (log-loss "
+                    f"{cv_loss[fit]:.4f}): the transfer choice {chosen} ({t_loss:.4f}) does "
+                    f"not beat it by more than {switch_se:g} standard errors")
+            chosen = fit
     sel = Selection(by_name[chosen], by_name[best], cv_loss, cv_auc, how, rule, oof, idx)
     sel.versus = versus
     return sel
 
 
-def _delivered_loss(strategy: Strategy, y: np.ndarray, margin: np.ndarray) -> float:
-    """Cross-validated log-loss of ``strategy`` as :func:`build` delivers it: an ensemble
-    recalibrated on its out-of-fold margins (two parameters on every labelled point)."""
+def _delivered_loss(strategy: Strategy, y: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Per-row cross-validated log-loss of ``strategy`` as :func:`build` delivers it: an
+    ensemble recalibrated on its out-of-fold margins (two parameters on every point)."""
     if strategy.kind == "ensemble":
         a, b, _ = fit_head(y, margin, lam_z=CALIBRATION_LAM)
         margin = a * margin + b
-    return float(_per_sample_loss(y, margin).mean())
+    return _per_sample_loss(y, margin)
 
 
 #: Pull of the calibration slope towards 1 (the ensemble's own scale).
@@ -717,7 +723,7 @@ def fit_delivered(sources: dict[str, Any], X: Any, y: Any, *,
         Production mode: the same rows as ``lsm fit`` sees them (the target's own
         factors and normalisation), and the families trained on it as ``lsm fit``
         trains them (``make_fit(family, seed)``); each is a ``fit(g)`` candidate,
-        delivered when its cross-validated log-loss is below the transfer choice's.
+        the default there, replaced by the transfer choice only when that is clearly better.
         The delivered model then takes ``fit_matrix``'s columns.
     blocks : ndarray of shape (n,), optional
         Spatial block of each row: the inner folds group whole blocks (production

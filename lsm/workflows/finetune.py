@@ -71,9 +71,10 @@ DELIVERED_HOW = (
 PRODUCTION_HOW = (
     " With every label (--shots all) the families trained as 'lsm fit' trains them on the "
     "target alone (its own factors and normalisation, default parameters) are candidates "
-    "too: scored on the same inner folds, the plain fit with the lowest cross-validated "
-    "log-loss is delivered when that is below the transfer choice's (recalibrated as "
-    "delivered); the outer folds, the ones 'lsm fit' reports, only measure skill.")
+    "too, scored on the same inner folds (whole spatial blocks of the outer folds): the "
+    "plain fit with the lowest cross-validated log-loss is delivered unless the transfer "
+    "choice (recalibrated as delivered) beats it by more than 3 paired standard errors; "
+    "the outer folds, the ones 'lsm fit' reports, only measure skill.")
 
 
 def shared_factors(run: Run, target: RegionData) -> tuple[list[str], list[str]]:
@@ -573,12 +574,13 @@ def _transfer_vs_fit(fit_cv: dict[str, Any], delivered: dict[str, Any], sel: Any
     if is_fit:
         message = (f"the delivered model is the plain fit {sel.chosen.name} on the target alone "
                    "(the target's own factors and normalisation, as 'lsm fit' trains it): "
-                   "in cross-validation on the labelled points it beat the transfer "
-                   f"({sel.versus.get('transfer', '?')}) in log-loss")
+                   "in cross-validation on the labelled points the transfer "
+                   f"({sel.versus.get('transfer', '?')}) did not beat it clearly in log-loss")
     else:
         message = (f"the delivered model is the transfer {sel.chosen.name}: in "
-                   "cross-validation on the labelled points its log-loss was at most that of "
-                   f"the plain fit on the target alone ({sel.versus.get('fit', '?')})")
+                   "cross-validation on the labelled points its log-loss was lower than that "
+                   f"of the plain fit on the target alone ({sel.versus.get('fit', '?')}) by "
+                   "more than 3 standard errors")
     table = [{"model": f"fit({f}) on the target alone", "cv": fit_cv[f]} for f in fit_cv]
     table.append({"model": "delivered (nested CV)", "cv": delivered})
     return {"fit_cv": {**fit_cv, "best": best}, "delivered_cv": delivered,
