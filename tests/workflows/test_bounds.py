@@ -145,9 +145,8 @@ def test_resume_after_a_killed_defaults_trial_has_a_defaults_row(demo_dir: Path,
                                                                  tmp_path: Path) -> None:
     import optuna
 
-    from lsm.workflows.tune import DEFAULT_POINTS, check_study_file
-
     from lsm.workflows.owned import record, set_kind
+    from lsm.workflows.tune import DEFAULT_POINTS, check_study_file
 
     out = tmp_path / "t"
     out.mkdir()
