@@ -535,9 +535,14 @@ def resolve_region_path(name_or_path: str | Path) -> Path | None:
     cand = builtin_spec_dir() / f"{name}.yaml"
     if cand.exists():
         return cand
+    import difflib
+
+    known = [*builtin_regions(), "demo-source", "demo-target"]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise SpecError(
         f"{name!r}: not a spec file nor a built-in region "
-        f"(built-in: {', '.join(builtin_regions())})"
+        f"(built-in: {', '.join(builtin_regions())}){hint}"
     )
 
 

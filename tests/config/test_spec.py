@@ -382,3 +382,16 @@ def test_inventory_label_false_round_trips_and_true_is_refused(tmp_path: Path) -
     assert parse_region(yaml.safe_load(dump_region(spec))).inventory.label is False
     msg = spec_error(tmp_path, raster_spec(inventory={"path": "points.gpkg", "label": True}))
     assert ": inventory.label: " in msg
+
+
+def test_a_misspelt_region_name_gets_a_suggestion() -> None:
+    import pytest
+
+    from lsm.config.spec import resolve_region_path
+    from lsm.errors import SpecError
+
+    with pytest.raises(SpecError, match="did you mean 'hongkong'"):
+        resolve_region_path("hongkon")
+    with pytest.raises(SpecError) as err:
+        resolve_region_path("zzzz")
+    assert "did you mean" not in str(err.value)
