@@ -26,9 +26,12 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from lsm.config.run import ExplainOptions, PredictOptions, ScoreOptions
-from lsm.errors import ArgumentError
+from lsm.errors import ArgumentError, ArtifactError
 from lsm.workflows.runs import Run as _RunFolder
 from lsm.workflows.runs import holds_run_folders
+
+#: The source run a fine-tune starts from when none is named (``--from``).
+DEFAULT_SOURCE_RUN = "runs/hongkong"
 
 __all__ = ["Explanation", "MapResult", "Run", "explain", "finetune", "fit", "load_region",
            "load_run", "predict", "run_pipeline"]
@@ -559,7 +562,7 @@ def fit(source: str | Path | Sequence[str | Path], *, models: str | Sequence[str
 
 
 @holds_run_folders
-def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong", *,
+def finetune(target: str | Path, source_run: Run | str | Path | None = None, *,
              shots: int | str = 50, repeats: int = 10, models: str | Sequence[str] | None = None,
              norm: str | None = None, prevalence: float | None = None, anchor: str = "auto",
              reweight: bool = False, out: str | Path | None = None, device: str = "auto",
@@ -581,8 +584,9 @@ def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong",
     ----------
     target : str or pathlib.Path
         The data-scarce region: built-in name or spec path.
-    source_run : Run, str or pathlib.Path
-        A fit (or fine-tune) run, or a folder of runs (its newest is used).
+    source_run : Run, str or pathlib.Path, optional
+        A fit (or fine-tune) run, or a folder of runs (its newest is used); default
+        ``runs/hongkong``.
     shots : int or "all"
         K landslides (and K non-landslides) per repeat, or ``"all"``.
     repeats : int
@@ -635,8 +639,15 @@ def finetune(target: str | Path, source_run: Run | str | Path = "runs/hongkong",
     target = _region_arg("target", target)
     if isinstance(target, list):
         raise ArgumentError("argument: target: one region (a name or spec path)")
-    src = source_run.path if isinstance(source_run, _RunFolder) else \
-        _path_arg("source_run", source_run, optional=False)
+    if source_run is None:  # the default source: say so when it is not there
+        src = Path(DEFAULT_SOURCE_RUN)
+        if not src.exists():
+            raise ArtifactError(f"{src}: no such run folder; it is the default source run "
+                                "(--from / source_run): run 'lsm fit --source hongkong' "
+                                "first, or name your source run with --from RUN")
+    else:
+        src = source_run.path if isinstance(source_run, _RunFolder) else \
+            _path_arg("source_run", source_run, optional=False)
     if isinstance(shots, bool) or not isinstance(shots, (int, str)):
         raise ArgumentError(f"argument: shots: expected a whole number of shots or 'all', "
                             f"got {type(shots).__name__} {shots!r}"[:200])

@@ -378,8 +378,9 @@ def finetune(
                                        "fixed hold-out. 'all': production, the delivered "
                                        "model trained on every labelled point, skill by "
                                        "cross-validation.")] = "50",
-    from_run: Annotated[Path, typer.Option("--from", help="Source run folder (a fit or "
-                                           "finetune run).")] = Path("runs/hongkong"),
+    from_run: Annotated[Path | None, typer.Option("--from", help="Source run folder (a fit "
+                                                  "or finetune run) \\[default: "
+                                                  "runs/hongkong].")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Families \\[default: all "
                                               "in the source run].")] = None,
     repeats: Annotated[int, typer.Option(help="Repeats with different shots.")] = 10,

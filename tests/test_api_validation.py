@@ -195,3 +195,14 @@ def test_missing_aspect_is_flat_ground_not_missing(tmp_path: Path) -> None:
     # stored units: the sentinel -1 is flat ground too
     p2, _ = _score(r, pd.DataFrame({"slope": [5.0], "aspect": [-1]}), units="stored")
     assert p2.iloc[0] == pytest.approx(p.iloc[0])
+
+
+def test_a_missing_default_source_run_says_it_was_the_default(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    import lsm
+    from lsm.errors import ArtifactError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="default source run"):
+        lsm.finetune("demo-target", shots=5)
