@@ -268,7 +268,8 @@ def _deliver(cfg: FinetuneConfig, s: _Setup, idx: np.ndarray, seed: int,
     extra: dict[str, Any] = {}
     if fit is not None:
         extra = {"fit_matrix": fit.X.iloc[idx], "fit_families": fit.families,
-                 "make_fit": lambda fam, sd: make_model(fam, seed=sd, device=cfg.device),
+                 # --seed, as 'lsm fit --seed' trains it: the same model on the same rows
+                 "make_fit": lambda fam, _sd: make_model(fam, seed=cfg.seed, device=cfg.device),
                  "blocks": None if fit.blocks is None else fit.blocks[idx]}
     return fit_delivered(s.models, s.X.iloc[idx], s.y[idx], make_target=_make_target(cfg.device),
                          target_families=target_candidates(s.families),
