@@ -297,14 +297,18 @@ def _seen_landslides(run: Run, family: str, spec: RegionSpec, rows: np.ndarray,
         if test is not None and set(PIXEL_COLUMNS) <= set(test.columns):
             held = set(zip(test["row"].tolist(), test["col"].tolist(), strict=True))
             return np.array([px not in held for px in pixels], dtype=bool)
-        warnings.warn("the run records no hold-out pixels: the rate curves count every "
-                      "landslide as unseen", UserWarning, stacklevel=3)
-        return np.zeros(len(pixels), dtype=bool)
+        # unknown is never skill: count them all as seen (success rates, labelled so)
+        warnings.warn("the run records no hold-out pixels: every landslide counts as seen "
+                      "(its zone table and rate curve are success rates, not skill)",
+                      UserWarning, stacklevel=3)
+        return np.ones(len(pixels), dtype=bool)
     tt = run.training_table()
     if "region" in tt.columns:  # a pooled run: the rows of the mapped region only
         tt = tt[tt["region"] == name]
-    if not {"row", "col"} <= set(tt.columns):
-        return np.zeros(len(pixels), dtype=bool)
+    if not {"row", "col"} <= set(tt.columns):  # which ones trained it is unknown: all seen
+        warnings.warn("the run's training table records no pixels: every landslide counts as "
+                      "seen (success rates, not skill)", UserWarning, stacklevel=3)
+        return np.ones(len(pixels), dtype=bool)
     pos = (tt["label"] == 1) & tt["row"].notna() & tt["col"].notna()
     train = set(zip(tt.loc[pos, "row"].tolist(), tt.loc[pos, "col"].tolist(), strict=True))
     return np.array([px in train for px in pixels], dtype=bool)

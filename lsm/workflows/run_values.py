@@ -46,9 +46,10 @@ def check_run_meta(meta: dict[str, Any], path: Path) -> FeatureSchema:
     norm = meta.get("norm")
     if norm not in NORMS:
         raise v.fail(f"{w}: norm", f"{norm!r} is not one of {', '.join(NORMS)}")
-    for key in ("stats", "source_stats"):
-        if key in meta or key == "stats":
-            check_stats(meta.get(key), f"{w}: {key}", schema, quantile=norm == "quantile")
+    check_stats(meta.get("stats"), f"{w}: stats", schema, quantile=norm == "quantile")
+    if "source_stats" in meta:  # the source's factors: a plain fit on the target may add some
+        check_stats(meta["source_stats"], f"{w}: source_stats", schema,
+                    quantile=norm == "quantile", partial=True)
     if meta.get("region_stats") is not None:
         for name, st in v.mapping(meta["region_stats"], f"{w}: region_stats").items():
             check_stats(st, f"{w}: region_stats.{name}", schema, quantile=norm == "quantile")
@@ -104,13 +105,17 @@ def check_schema(raw: Any, where: str) -> FeatureSchema:
     return FeatureSchema.from_dict(d)
 
 
-def check_stats(raw: Any, where: str, schema: FeatureSchema, *, quantile: bool = False) -> None:
-    """Statistics of a region (:mod:`lsm.stack.stats`) for every factor of ``schema``."""
+def check_stats(raw: Any, where: str, schema: FeatureSchema, *, quantile: bool = False,
+                partial: bool = False) -> None:
+    """Statistics of a region (:mod:`lsm.stack.stats`) for every factor of ``schema``
+    (``partial``: for those of its factors that the statistics list)."""
     st = v.mapping(raw, where)
     if "n" in st:
         v.number(st["n"], f"{where}.n", lo=0, integer=True)
     per = v.mapping(st.get("factors"), f"{where}.factors")
     for f in schema.factors:
+        if partial and f not in per:
+            continue
         kind = schema.kinds[f]
         fw = f"{where}.factors.{f}"
         fs = v.mapping(per.get(f), fw)
