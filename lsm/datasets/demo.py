@@ -160,6 +160,7 @@ def generate_demo(out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> d
     present = [p for p in owned if p.exists()]
     if present and not overwrite:
         raise FileExistsError(f"{present[0]}: a demo is already there (pass overwrite=True)")
+    _refuse_foreign(present)
     for p in present:
         if p.is_dir():
             shutil.rmtree(p)
@@ -174,6 +175,7 @@ def generate_demo(out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> d
         folder = out_dir / plan.folder
         folder.mkdir()
         _write_region(plan, region, folder, seed=seed)
+        (folder / DEMO_MARK).write_text("written by lsm's demo generator\n", encoding="utf-8")
         spec_path = out_dir / f"{plan.name}.yaml"
         spec_path.write_text(_spec_text(plan), encoding="utf-8")
         specs[plan.name] = spec_path
@@ -220,8 +222,11 @@ def ensure_demo(out_dir: Path | None = None) -> Path:
                 if _complete(out_dir):
                     return out_dir
                 raise
-        # a folder the user chose that holds other files: move ours in, specs last
-        for name in [p.folder for p in _PLANS] + [f"{n}.yaml" for n in SPEC_NAMES]:
+        # a folder the user chose that holds other files: move ours in, specs last; a
+        # same-named folder or spec of the user's is never replaced
+        names = [p.folder for p in _PLANS] + [f"{n}.yaml" for n in SPEC_NAMES]
+        _refuse_foreign([out_dir / n for n in names if (out_dir / n).exists()])
+        for name in names:
             dest = out_dir / name
             if dest.is_dir():
                 shutil.rmtree(dest)
@@ -229,6 +234,29 @@ def ensure_demo(out_dir: Path | None = None) -> Path:
         return out_dir
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Marker file in every folder the demo generator writes: only those are ever replaced.
+DEMO_MARK = ".lsm-demo"
+
+
+def _refuse_foreign(paths: list[Path]) -> None:
+    """Refuse (one line) to replace a folder or spec the demo generator did not write."""
+    from lsm.errors import ArtifactError
+
+    for p in paths:
+        ours = (p / DEMO_MARK).is_file() if p.is_dir() else \
+            p.is_file() and p.suffix == ".yaml" and "written by lsm.datasets.demo" in _head(p)
+        if not ours:
+            raise ArtifactError(f"{p}: exists and was not written by lsm's demo; refusing to "
+                                "replace it (choose another folder)")
+
+
+def _head(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8", errors="replace")[:400]
+    except OSError:
+        return ""
 
 
 def _complete(folder: Path) -> bool:

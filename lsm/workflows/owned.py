@@ -318,3 +318,47 @@ def recover(root: Path) -> bool:
                             "run the command again into a new folder")
     finish(root, journal)
     return True
+
+
+def foreign_files(folder: Path, *, top: Path) -> list[Path]:
+    """Files under ``folder`` that no lsm ledger lists: for each file, the ledgers of its
+    folder and of every folder above it up to ``top`` are asked (a step folder's files
+    may be listed by the pipeline folder's ledger or by a run's own)."""
+    folder, top = Path(folder), Path(top)
+    ledgers: dict[Path, set[str]] = {}
+
+    def owned(root: Path) -> set[str]:
+        if root not in ledgers:
+            ledgers[root] = owned_files(root) if (root / LEDGER).is_file() else set()
+        return ledgers[root]
+
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        ok = False
+        a = p.parent
+        while True:
+            rel = p.relative_to(a).as_posix()
+            if _internal(rel) or rel in owned(a):
+                ok = True
+                break
+            if a == top or a == a.parent or top not in a.parents:
+                break
+            a = a.parent
+        if not ok:
+            out.append(p)
+    return out
+
+
+def remove_owned_tree(folder: Path, *, top: Path) -> None:
+    """Delete ``folder``, which lsm wrote, unless it holds a file no ledger up to ``top``
+    lists (a user's file: one-line :class:`ArtifactError`, nothing deleted)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    foreign = foreign_files(folder, top=top)
+    if foreign:
+        raise ArtifactError(f"{foreign[0]}: not written by lsm; refusing to delete "
+                            f"{folder} to redo it (move the file elsewhere)")
+    shutil.rmtree(folder)

@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import time
 import warnings
@@ -225,8 +224,9 @@ class _Runner:
             return StepState(status, d, rec.get("output_hash", "skipped"), note=rec.get("note"),
                              seconds=float(rec.get("seconds", 0.0)), key=key,
                              warnings=list(rec.get("warnings", [])))
-        if d.exists():
-            shutil.rmtree(d)
+        from lsm.workflows.owned import remove_owned_tree
+
+        remove_owned_tree(d, top=self.out)  # never a file the user put there
         d.mkdir(parents=True)
         t0 = time.perf_counter()
         note = None
@@ -245,7 +245,7 @@ class _Runner:
                                   if issubclass(w.category, UserWarning)))
         seconds = time.perf_counter() - t0
         if note is not None:
-            shutil.rmtree(d)
+            remove_owned_tree(d, top=self.out)
             d.mkdir(parents=True)
             outputs: dict[str, str] = {}
             out_hash, status = "skipped", "skipped"

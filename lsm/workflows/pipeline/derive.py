@@ -83,7 +83,10 @@ def write_derived_region(data: Any, out: Path, *, name: str, fraction: float, pa
     factors = list(data.kinds)
     cols = (["x", "y"] if has_xy else []) + factors + ["label"]
     out.mkdir(parents=True, exist_ok=True)
-    sub[cols].reset_index(drop=True).to_parquet(out / "samples.parquet", index=False)
+    from lsm.io.artifacts import atomic_path
+
+    with atomic_path(out / "samples.parquet") as tmp:  # recorded as lsm's, never half-written
+        sub[cols].reset_index(drop=True).to_parquet(tmp, index=False)
     crs = table.attrs.get("crs") or spec.crs or (spec.samples.crs if spec.samples else None)
     fdefs: dict[str, Any] = {}
     for f in factors:
