@@ -741,7 +741,7 @@ def _repretrain(run: Run, factors: list[str], families: list[str], *, norm: str,
 def transfer_vs_fit_lines(metrics: dict[str, Any]) -> list[str]:
     """The report's table "transfer vs fit on the target alone" (production runs)."""
     prod = metrics.get("production")
-    if not prod:
+    if not prod or not prod.get("table"):  # runs written before the table existed
         return []
     L = ["", "### Transfer vs fit on the target alone", "",
          f"Both on the same outer folds ({prod['folds']}, the folds `lsm fit` on the target "
@@ -760,7 +760,7 @@ def transfer_vs_fit_lines(metrics: dict[str, Any]) -> list[str]:
 def print_transfer_vs_fit(metrics: dict[str, Any], console: Any) -> None:
     """The same table on the console."""
     prod = metrics.get("production")
-    if not prod:
+    if not prod or not prod.get("table"):  # runs written before the table existed
         return
     from rich.table import Table
 

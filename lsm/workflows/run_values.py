@@ -38,7 +38,9 @@ def check_run_meta(meta: dict[str, Any], path: Path) -> FeatureSchema:
         if not (model_dir / f).is_dir():
             raise v.fail(f"{w}: families", f"{f!r} has no model folder model/{f} in the run")
     if model_dir.is_dir():
-        extra = sorted(d.name for d in model_dir.iterdir() if d.is_dir() and d.name not in fams)
+        # a folder emptied by a commit that moved the previous run's files aside is no model
+        extra = sorted(d.name for d in model_dir.iterdir() if d.is_dir() and d.name not in fams
+                       and any(p.is_file() for p in d.rglob("*")))
         if extra:
             raise v.fail(f"{w}: families", f"{fams} do not name the run's model folder "
                                            f"model/{extra[0]}")

@@ -264,7 +264,8 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, wp: Any, *, fail_finetune: int
     def finetune(cfg: Any) -> Any:
         calls["finetune"] += 1
         if calls["finetune"] == fail_finetune:
-            (Path(cfg.out) / "metrics.json").write_text("{half")  # a crash mid-write
+            # a crash mid-write: what lsm's atomic writes leave (a temp file beside)
+            (Path(cfg.out) / ".metrics.json.tmp-crash").write_text("{half")
             raise RuntimeError("simulated crash")
         return real_ft(cfg)
 
