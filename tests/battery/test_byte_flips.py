@@ -12,25 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lsm.cli import main
 from lsm.errors import ArtifactError
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("flip-base")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LSM_CACHE", str(tmp_path_factory.mktemp("flip-cache")))
-    try:
-        assert main(["fit", "--source", str(demo_dir / "demo-source.yaml"), "--model",
-                     "lr,xgb", "--out", str(root / "src"), "--no-cv", "--no-explain",
-                     "--no-predict", "-q"]) == 0
-        assert main(["finetune", "--target", str(demo_dir / "demo-target.yaml"), "--from",
-                     str(root / "src"), "--model", "lr", "--shots", "15", "--repeats", "2",
-                     "--out", str(root / "ft"), "--no-explain", "--no-predict", "-q"]) == 0
-    finally:
-        mp.undo()
-    return root
 
 
 @pytest.mark.parametrize("which", ["src", "ft"])

@@ -42,24 +42,6 @@ PROVENANCE = {"created", "command", "versions", "notes", "lsm_version", "sklearn
 SAMPLE = 160
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    """A fit run (all four families) and a fine-tune run (lr + delivered), no maps."""
-    root = tmp_path_factory.mktemp("tamper-base")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LSM_CACHE", str(tmp_path_factory.mktemp("tamper-cache")))
-    try:
-        assert main(["fit", "--source", str(demo_dir / "demo-source.yaml"), "--model",
-                     "rf,lr,xgb,mlp", "--out", str(root / "src"), "--no-cv", "--no-explain",
-                     "--no-predict", "-q"]) == 0
-        assert main(["finetune", "--target", str(demo_dir / "demo-target.yaml"), "--from",
-                     str(root / "src"), "--model", "lr", "--shots", "15", "--repeats", "2",
-                     "--out", str(root / "ft"), "--no-explain", "--no-predict", "-q"]) == 0
-    finally:
-        mp.undo()
-    return root
-
-
 def rehash(run: Path) -> None:
     """Recompute every manifest of ``run`` (model folders innermost first, then the run's)."""
     from lsm.io.artifacts import write_manifest
