@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from lsm.config.run import ExplainOptions, PredictOptions, ScoreOptions
-from lsm.errors import ArgumentError, ArtifactError
+from lsm.errors import ArgumentError, ArtifactError, LsmError
 from lsm.workflows.runs import Run as _RunFolder
 from lsm.workflows.runs import holds_run_folders
 
@@ -113,6 +113,16 @@ def _region_arg(name: str, value: Any) -> str | list[str]:
                         f"of them), got {type(value).__name__} {value!r}"[:200])
 
 
+def _html_table(title: str, rows: dict[str, str]) -> str:
+    """A small HTML table for notebooks (values escaped)."""
+    from html import escape
+
+    body = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th>"
+                   f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
+                   for k, v in rows.items())
+    return f"<table><caption>{escape(title)}</caption>{body}</table>"
+
+
 @dataclass
 class MapResult:
     """What :func:`predict` (or :meth:`Run.predict_map`) wrote for one region.
@@ -157,6 +167,15 @@ class MapResult:
                    zone_statistics=pd.DataFrame(res["zone_statistics"]),
                    report=report, details=res)
 
+    def __repr__(self) -> str:
+        where = self.files.get("probability") or self.files.get("table")
+        return (f"MapResult(region={self.region!r}, model={self.model!r}, "
+                f"files=[{', '.join(self.files)}], at={str(where.parent) if where else None!r})")
+
+    def _repr_html_(self) -> str:
+        return _html_table(f"MapResult: {self.region}, {self.model}",
+                           {role: str(p) for role, p in self.files.items()})
+
     def units(self) -> pd.DataFrame:
         """The per-unit table of a table region (probability, zone, uncertainty)."""
         if "table" not in self.files:
@@ -185,6 +204,16 @@ class Explanation:
     figures: dict[str, dict[str, Path]]
     shap_maps: list[Path] = field(default_factory=list)
 
+    def _top(self) -> dict[str, str]:
+        return {f: ", ".join(list(s.index[:3])) for f, s in self.importance.items()}
+
+    def __repr__(self) -> str:
+        top = "; ".join(f"{f}: {t}" for f, t in self._top().items())
+        return f"Explanation(families=[{', '.join(self.importance)}], top factors: {top})"
+
+    def _repr_html_(self) -> str:
+        return _html_table("Explanation: top factors by mean |SHAP|", self._top())
+
 
 @dataclass
 class Run(_RunFolder):
@@ -209,6 +238,33 @@ class Run(_RunFolder):
     >>> run.metrics["cv"]["xgb"]["summary"]["auc"]["mean"]       # doctest: +SKIP
     >>> run.predict(table)                                       # doctest: +SKIP
     """
+
+    def headline(self) -> str:
+        """One line of the run's skill: the default model's cross-validated AUC (fit), or
+        the delivered model's hold-out or nested-CV AUC (fine-tune); '' when unknown."""
+        try:
+            m, fam = self.metrics, self.default_model
+            if self.kind == "fit":
+                auc = m["cv"][fam]["summary"]["auc"]["mean"]
+                return f"spatial-CV AUC {auc:.3f} ({fam})"
+            prod = m.get("production") or {}
+            if prod.get("delivered_cv"):
+                return f"nested-CV AUC {prod['delivered_cv']['auc']['mean']:.3f} (delivered)"
+            auc = m["models"]["lsm"]["delivered"]["auc"]["mean"]
+            return f"hold-out AUC {auc:.3f} (delivered)"
+        except (KeyError, TypeError, ValueError, LsmError):
+            return ""
+
+    def __repr__(self) -> str:
+        skill = self.headline()
+        return (f"Run({str(self.path)!r}, kind={self.kind!r}, region={self.region!r}, "
+                f"families=[{', '.join(self.families)}]"
+                + (f", {skill}" if skill else "") + ")")
+
+    def _repr_html_(self) -> str:
+        return _html_table(f"Run {self.path}", {
+            "kind": self.kind, "region": self.region, "families": ", ".join(self.families),
+            "skill": self.headline() or "n/a"})
 
     @classmethod
     def load(cls, path: str | Path, *, models: str | Sequence[str] | None = None) -> Run:

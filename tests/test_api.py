@@ -157,6 +157,25 @@ def test_finetune_run_outputs(api_runs: dict) -> None:
     assert "roc.png" in report
 
 
+def test_reprs_are_short_and_say_what_the_object_is(api_runs: dict) -> None:
+    """A notebook shows these: a line (and a small HTML table), never the whole
+    normalisation statistics (26,690-39,547 characters before)."""
+    src, ft = api_runs["src"], api_runs["ft"]
+    r = repr(src)
+    assert len(r) < 300 and "kind='fit'" in r and "families=[lr, xgb]" in r
+    auc = src.metrics["cv"][src.default_model]["summary"]["auc"]["mean"]
+    assert f"spatial-CV AUC {auc:.3f}" in r
+    r = repr(ft)
+    auc = ft.metrics["models"]["lsm"]["delivered"]["auc"]["mean"]
+    assert len(r) < 300 and "kind='finetune'" in r and f"hold-out AUC {auc:.3f}" in r
+    html = ft._repr_html_()
+    assert html.startswith("<table>") and "finetune" in html and len(html) < 1000
+    m = lsm.predict(src, out=api_runs["dir"] / "repr-units", model="lr")
+    assert len(repr(m)) < 300 and "files=[" in repr(m) and "<td" in m._repr_html_()
+    e = lsm.explain(src)
+    assert len(repr(e)) < 400 and "top factors" in repr(e)
+
+
 def test_uncertainty_off_and_refits_change_with_rows(api_runs: dict) -> None:
     ft = api_runs["ft"]
     m = ft.predict_map(out=api_runs["dir"] / "no-unc", uncertainty=0)
