@@ -47,6 +47,7 @@ from lsm.io.artifacts import (
 )
 from lsm.io.paths import inside
 from lsm.stack.features import FeatureSchema
+from lsm.workflows import owned
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
@@ -143,9 +144,8 @@ RUN_FILES = (MODEL_JSON, "metrics.json")
 #: Folders whose every file the run manifest covers: the run's models and the source
 #: models a fine-tune keeps (so that it never reads its source run again).
 MODEL_DIRS = ("model", "source_model")
-_STAGING = ".staging-"
-_OLD = ".replaced-"
-_LOCK = ".lsm.lock"
+# the names of lsm's bookkeeping are owned.py's (one place for the lock, staging, old sets)
+_STAGING, _OLD, _LOCK = owned.STAGING, owned.OLD, owned.LOCK
 
 
 def _run_files(path: Path) -> list[Path]:
@@ -206,8 +206,6 @@ def release_claims(*, failed: bool = False) -> list[Path]:
     """At the end of a command: release every run folder this process holds. After a
     failure (``failed``), also remove those it created that hold nothing but lsm's
     bookkeeping (lock, ledger), so that a refused command leaves no empty run folder."""
-    from lsm.workflows import owned
-
     removed = []
     for key, fh in list(_HELD.items()):
         fh.close()
@@ -266,8 +264,6 @@ def claim_run_dir(path: Path, *, kind: str | None = None) -> Path:
     import fcntl
 
     from lsm.errors import RunBusyError
-    from lsm.workflows import owned
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"{path}: is a file; give a folder for the run (--out)")
@@ -308,8 +304,6 @@ def complete_pending(path: Path) -> bool:
     import fcntl
 
     from lsm.errors import RunBusyError
-    from lsm.workflows import owned
-
     path = Path(path)
     if not (path / owned.JOURNAL).exists():
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
     finally:
         mp.undo()
     return root
+
+
+@pytest.fixture
+def world(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the requesting module's ``base`` as the working folder."""
+    w = tmp_path / "world"
+    shutil.copytree(base, w)
+    monkeypatch.chdir(w)
+    monkeypatch.setenv("LSM_CACHE", str(tmp_path / "cache"))
+    return w

@@ -243,15 +243,6 @@ def base(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def world(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    w = tmp_path / "world"
-    shutil.copytree(base, w)
-    monkeypatch.chdir(w)
-    monkeypatch.setenv("LSM_CACHE", str(tmp_path / "cache"))
-    return w
-
-
 def _plant_user_files(folder: Path) -> None:
     for rel, data in USER_FILES.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -79,15 +79,6 @@ def base(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def world(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    w = tmp_path / "world"
-    shutil.copytree(base, w)
-    monkeypatch.chdir(w)
-    monkeypatch.setenv("LSM_CACHE", str(tmp_path / "cache"))
-    return w
-
-
 def _one_error(capsys: pytest.CaptureFixture[str], pattern: str) -> None:
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
